@@ -1,0 +1,30 @@
+"""lrlora: LoRA adapters whose rank is learned per layer during training (LR-LoRA)."""
+
+from .config import LRLoRAConfig
+from .controller import ControllerNotSteppedError, RankController, allowance, temperature
+from .export import export_peft, load, merge, resume, save
+from .inject import disable_adapters, inject, lora_layers, optimizer_groups
+from .layer import LRLoRALinear
+from .report import format_report, rank_report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ControllerNotSteppedError",
+    "LRLoRAConfig",
+    "LRLoRALinear",
+    "RankController",
+    "allowance",
+    "disable_adapters",
+    "export_peft",
+    "format_report",
+    "inject",
+    "load",
+    "lora_layers",
+    "merge",
+    "optimizer_groups",
+    "rank_report",
+    "resume",
+    "save",
+    "temperature",
+]

@@ -1,0 +1,153 @@
+"""The one configuration object of an LR-LoRA adapter.
+
+Every field carries its own help text (``metadata["help"]``); the CLI and the saved
+``lrlora_config.json`` are generated from this dataclass, so there is no second copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RankMode = Literal["budget", "penalty"]
+ScalingRule = Literal["budget", "max", "sqrt"]
+TauShape = Literal["cosine", "linear", "exp"]
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A dataclass field whose help text is kept in its metadata."""
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class LRLoRAConfig:
+    """Where adapters go, how big they may get, and how their ranks are learned."""
+
+    target_modules: list[str] | str = _help(
+        "Modules to adapt: a list of names (a module matches an entry equal to its full "
+        "name or to a dotted suffix of it, e.g. 'query' matches 'encoder.layer.0.attention.self.query') "
+        "or one regular expression that must match the full name.",
+        default_factory=list,
+    )
+    exclude_modules: list[str] | str | None = _help(
+        "Modules never adapted, with the same matching rules as target_modules.", None
+    )
+    modules_to_save: list[str] = _help(
+        "Modules trained fully alongside the adapters, e.g. a classification head.",
+        default_factory=list,
+    )
+    r_max: int = _help("Rank ceiling R: every adapter has R components.", 8)
+    init_rank: float | None = _help(
+        "Rank every layer starts at. Default: the budget rank in budget mode, else r_max.", None
+    )
+    alpha: float = _help("LoRA alpha; the adapter output is multiplied by a scaling s.", 16.0)
+    dropout: float = _help("Dropout on the adapter's input.", 0.0)
+    scaling: ScalingRule = _help(
+        "Scaling rule: 'budget' s = alpha / budget rank (so it equals LoRA's at the budget), "
+        "'max' s = alpha / r_max, 'sqrt' s = alpha / sqrt(r_eff).",
+        "budget",
+    )
+    rank_lr: float = _help("Learning rate of the rank parameters rho (no weight decay).", 0.02)
+    tau_start: float = _help("Gate temperature at step 0.", 1.0)
+    tau_end: float = _help("Gate temperature at the last step.", 0.05)
+    tau_shape: TauShape = _help("Temperature schedule: 'cosine', 'linear' or 'exp'.", "cosine")
+    rank_mode: RankMode = _help(
+        "'budget': the adapter size follows an allowance that ends at the budget; "
+        "'penalty': a fixed rank cost lambda, the size is whatever the trade-off gives.",
+        "budget",
+    )
+    budget_rank: float | None = _help(
+        "Budget as 'the size of LoRA at this rank on the same target modules'.", None
+    )
+    budget_params: int | None = _help("Budget as a total adapter parameter count.", None)
+    penalty: float = _help("Penalty mode: lambda, the weight of the normalised rank cost.", 0.1)
+    warmup_frac: float = _help(
+        "Fraction of training during which the allowance holds the initial size.", 0.1
+    )
+    decay_end_frac: float = _help(
+        "Fraction of training by which the allowance has decayed (cubically) to the budget.", 0.7
+    )
+    rebalance_every: int = _help(
+        "Every N optimizer steps up to decay_end_frac, re-order each layer's components by "
+        "singular value so that the gate closes on the weakest; 0 turns it off.",
+        50,
+    )
+
+    def __post_init__(self) -> None:
+        self._check_targets()
+        self._check_ranks()
+        self._check_schedules()
+
+    def _check_targets(self) -> None:
+        if not self.target_modules:
+            raise ValueError(
+                "target_modules is empty: name the linear layers to adapt, e.g. "
+                "['query', 'value'] or a regex like r'.*\\.(q|v)_proj'."
+            )
+        if isinstance(self.target_modules, tuple):
+            self.target_modules = list(self.target_modules)
+        self.modules_to_save = list(self.modules_to_save or [])
+
+    def _check_ranks(self) -> None:
+        if not isinstance(self.r_max, int) or self.r_max <= 0:
+            raise ValueError(f"r_max must be a positive integer, got {self.r_max!r}.")
+        if self.init_rank is not None and not 0 < self.init_rank <= self.r_max:
+            raise ValueError(f"init_rank must be in (0, r_max={self.r_max}], got {self.init_rank}.")
+        if self.rank_mode not in ("budget", "penalty"):
+            raise ValueError(f"rank_mode must be 'budget' or 'penalty', got {self.rank_mode!r}.")
+        if self.scaling not in ("budget", "max", "sqrt"):
+            raise ValueError(f"scaling must be 'budget', 'max' or 'sqrt', got {self.scaling!r}.")
+        if self.rank_mode == "budget":
+            if (self.budget_rank is None) == (self.budget_params is None):
+                raise ValueError(
+                    "budget mode needs exactly one of budget_rank (LoRA-equivalent rank) or "
+                    "budget_params (a parameter count); or use rank_mode='penalty'."
+                )
+            if self.budget_rank is not None and not 0 < self.budget_rank <= self.r_max:
+                raise ValueError(
+                    f"budget_rank={self.budget_rank} is impossible with r_max={self.r_max}: "
+                    f"choose a budget rank in (0, {self.r_max}] or raise r_max."
+                )
+            if self.budget_params is not None and self.budget_params <= 0:
+                raise ValueError(f"budget_params must be positive, got {self.budget_params}.")
+        elif self.penalty < 0:
+            raise ValueError(f"penalty (lambda) must be >= 0, got {self.penalty}.")
+        if self.scaling == "budget" and self.budget_rank is None and self.budget_params is None:
+            raise ValueError("scaling='budget' needs a budget; use scaling='max' in penalty mode.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.rank_lr <= 0:
+            raise ValueError(f"rank_lr must be positive, got {self.rank_lr}.")
+
+    def _check_schedules(self) -> None:
+        if not 0 < self.tau_end <= self.tau_start:
+            raise ValueError(
+                f"temperature must fall: need 0 < tau_end <= tau_start, got "
+                f"tau_start={self.tau_start}, tau_end={self.tau_end}."
+            )
+        if self.tau_shape not in ("cosine", "linear", "exp"):
+            raise ValueError(f"tau_shape must be cosine, linear or exp, got {self.tau_shape!r}.")
+        if not 0.0 <= self.warmup_frac <= self.decay_end_frac <= 1.0:
+            raise ValueError(
+                "the allowance schedule must satisfy 0 <= warmup_frac <= decay_end_frac <= 1 "
+                f"(its decay cannot end before it starts); got warmup_frac={self.warmup_frac}, "
+                f"decay_end_frac={self.decay_end_frac}."
+            )
+        if self.rebalance_every < 0:
+            raise ValueError(f"rebalance_every must be >= 0, got {self.rebalance_every}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LRLoRAConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown LRLoRAConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

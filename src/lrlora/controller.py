@@ -1,0 +1,274 @@
+"""The rank controller: temperature and budget schedules, projection or penalty, hardening.
+
+Use it from any training loop; the only contract is one ``step()`` per optimizer step::
+
+    controller = lrlora.RankController(model, optimizer, total_steps=1000)
+    for batch in loader:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        controller.step()        # after optimizer.step(), once per optimizer step
+        optimizer.zero_grad()
+    controller.harden()          # fixes the ranks; export after this
+
+Gradient accumulation is harmless: the rank cost is applied once per optimizer step
+(the penalty through an optimizer pre-step hook, the budget by projection in ``step``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import LRLoRAConfig
+from .inject import config_of, lora_layers
+from .layer import LRLoRALinear
+
+
+class ControllerNotSteppedError(RuntimeError):
+    """Raised when ranks are hardened or exported but the controller never ran."""
+
+
+def temperature(step: int, total: int, start: float, end: float, shape: str = "cosine") -> float:
+    """tau at ``step``: from ``start`` at 0 to ``end`` at ``total``, then held."""
+    t = min(max(step / max(total, 1), 0.0), 1.0)
+    if shape == "linear":
+        return start + (end - start) * t
+    if shape == "exp":
+        return start * (end / start) ** t
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * t))
+
+
+def allowance(
+    step: int, total: int, initial: float, target: float, warmup_frac: float, decay_end_frac: float
+) -> float:
+    """Allowed adapter size at ``step``: ``initial`` during warm-up, a cubic decay to
+    ``target`` by ``decay_end_frac`` of training, then ``target`` (AdaLoRA's schedule)."""
+    if initial <= target:
+        return target
+    start, end = warmup_frac * total, decay_end_frac * total
+    if step <= start:
+        return initial
+    if step >= end:
+        return target
+    remaining = 1.0 - (step - start) / (end - start)
+    return target + (initial - target) * remaining**3
+
+
+class RankController:
+    """Drives tau, keeps rho in [0, R] and within the allowance, hardens at the end.
+
+    Args:
+        model: a model with LR-LoRA adapters (see :func:`lrlora.inject`).
+        optimizer: its optimizer. Needed for penalty mode (the penalty is added to rho's
+            gradient in a pre-step hook) and for re-balancing (Adam moments of the
+            re-factored A and B are reset). May be None in budget mode without re-balancing.
+        total_steps: the number of optimizer steps the run will take.
+    """
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, total_steps: int
+    ) -> None:
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        self.config: LRLoRAConfig = config_of(model)
+        self.names, self.layers = zip(*lora_layers(model), strict=True)
+        self.optimizer = optimizer
+        self.total_steps = total_steps
+        self.step_count = 0
+        self.last_shift = 0.0
+        costs = torch.tensor([layer.cost_per_rank for layer in self.layers], dtype=torch.float64)
+        self.costs = costs
+        self.weights = costs / costs.mean()
+        self.max_params = float(costs.sum()) * self.config.r_max
+        self.target_params = float(model.lrlora_reference_rank * costs.sum())
+        self._set_tau(self.tau)
+        self.initial_params = self._soft_cost(self._rhos(), self.tau)
+        if optimizer is not None and self.config.rank_mode == "penalty":
+            optimizer.register_step_pre_hook(lambda *_: self.apply_penalty())
+
+    # -- schedules ------------------------------------------------------------------------
+    @property
+    def tau(self) -> float:
+        c = self.config
+        return temperature(self.step_count, self.total_steps, c.tau_start, c.tau_end, c.tau_shape)
+
+    @property
+    def allowance(self) -> float:
+        """Allowed soft adapter size (parameters) now; the budget itself after the decay."""
+        if self.config.rank_mode == "penalty":
+            return self.max_params
+        c = self.config
+        return allowance(
+            self.step_count, self.total_steps, self.initial_params, self.target_params,
+            c.warmup_frac, c.decay_end_frac,
+        )  # fmt: skip
+
+    @property
+    def lam(self) -> float:
+        """Penalty mode: lambda. Budget mode: the last projection's shift of rho (the
+        multiplier the budget currently exerts, in ranks per unit cost weight)."""
+        return self.config.penalty if self.config.rank_mode == "penalty" else self.last_shift
+
+    # -- per-step work --------------------------------------------------------------------
+    def _rhos(self) -> torch.Tensor:
+        return torch.stack([layer.rho.detach().double().cpu() for layer in self.layers])
+
+    def _soft_ranks(self, rhos: torch.Tensor, tau: float) -> torch.Tensor:
+        index = torch.arange(self.config.r_max, dtype=torch.float64) + 0.5
+        return torch.sigmoid((rhos[:, None] - index) / tau).sum(dim=1)
+
+    def _soft_cost(self, rhos: torch.Tensor, tau: float) -> float:
+        return float((self._soft_ranks(rhos, tau) * self.costs).sum())
+
+    def _set_tau(self, tau: float) -> None:
+        for layer in self.layers:
+            layer.tau.fill_(tau)
+
+    @torch.no_grad()
+    def apply_penalty(self) -> None:
+        """Penalty mode: add lambda * dC/drho_l / C_max to each rho's gradient."""
+        for layer, cost in zip(self.layers, self.costs, strict=True):
+            rho = layer.rho.detach().requires_grad_(True)
+            with torch.enable_grad():
+                g = torch.sigmoid((rho - layer.component_index) / layer.tau).sum()
+                (drank,) = torch.autograd.grad(g, rho)
+            push = self.config.penalty * float(cost) * drank / self.max_params
+            layer.rho.grad = push if layer.rho.grad is None else layer.rho.grad + push
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Call once after every ``optimizer.step()``."""
+        self.step_count += 1
+        rhos = self._rhos().clamp(0.0, self.config.r_max)
+        tau = self.tau
+        if self.config.rank_mode == "budget":
+            rhos = self._project(rhos, tau, self.allowance)
+        for layer, rho in zip(self.layers, rhos, strict=True):
+            layer.rho.fill_(float(rho))
+            layer.steps.fill_(self.step_count)
+        self._set_tau(tau)
+        if self._rebalance_due():
+            self.rebalance()
+
+    def _project(self, rhos: torch.Tensor, tau: float, budget: float) -> torch.Tensor:
+        """Shift every rho down by delta * w_l, delta >= 0 found by bisection, so that the
+        soft cost equals the allowance (Euclidean projection, to first order)."""
+        r_max = self.config.r_max
+
+        def shifted(delta: float) -> torch.Tensor:
+            return (rhos - delta * self.weights).clamp(0.0, r_max)
+
+        self.last_shift = 0.0
+        if self._soft_cost(rhos, tau) <= budget:
+            return rhos
+        lo, hi = 0.0, r_max / float(self.weights.min())
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if self._soft_cost(shifted(mid), tau) > budget else (lo, mid)
+        self.last_shift = hi
+        return shifted(hi)
+
+    def _rebalance_due(self) -> bool:
+        every = self.config.rebalance_every
+        end = self.config.decay_end_frac * self.total_steps
+        return every > 0 and self.step_count % every == 0 and self.step_count <= end
+
+    @torch.no_grad()
+    def rebalance(self) -> None:
+        """Re-order every layer's components by singular value; reset their Adam moments."""
+        for layer in self.layers:
+            layer.rebalance()
+            if self.optimizer is not None:
+                for param in (layer.lora_A, layer.lora_B):
+                    self.optimizer.state.pop(param, None)
+
+    # -- reading the ranks ------------------------------------------------------------------
+    def soft_ranks(self) -> dict[str, float]:
+        return {n: float(layer.soft_rank()) for n, layer in zip(self.names, self.layers, strict=True)}
+
+    def hard_ranks(self) -> dict[str, int]:
+        pairs = zip(self.names, self.layers, strict=True)
+        return {n: layer.current_hard_rank() for n, layer in pairs}
+
+    def effective_rank_total(self) -> float:
+        return sum(self.soft_ranks().values())
+
+    def adapter_params(self) -> int:
+        """Parameters the adapter would export with now (hard ranks x cost per rank)."""
+        return sum(layer.current_hard_rank() * layer.cost_per_rank for layer in self.layers)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "step": self.step_count,
+            "tau": self.tau,
+            "lambda": self.lam,
+            "allowance": self.allowance,
+            "soft_params": self._soft_cost(self._rhos(), self.tau),
+            "adapter_params": self.adapter_params(),
+            "budget_params": self.target_params if self.config.rank_mode == "budget" else None,
+        }
+
+    # -- the end ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def harden(self) -> dict[str, int]:
+        """Fix every layer's rank to its open gates, trimmed to the budget; returns ranks."""
+        if self.step_count == 0:
+            raise ControllerNotSteppedError(
+                "the RankController was never stepped, so no rank was learned: call "
+                "controller.step() after every optimizer.step() (or add "
+                "lrlora.hf.LRLoRACallback to the Trainer) before hardening or exporting."
+            )
+        ranks = [layer.current_hard_rank() for layer in self.layers]
+        if self.config.rank_mode == "budget":
+            ranks = trim_to_budget(list(self.layers), ranks, self.target_params)
+        for layer, rank in zip(self.layers, ranks, strict=True):
+            layer.harden(rank)
+        return dict(zip(self.names, ranks, strict=True))
+
+    # -- resume -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step_count": self.step_count,
+            "total_steps": self.total_steps,
+            "initial_params": self.initial_params,
+            "target_params": self.target_params,
+            "last_shift": self.last_shift,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["total_steps"] != self.total_steps:
+            raise ValueError(
+                f"this controller plans {self.total_steps} steps but the saved one planned "
+                f"{state['total_steps']}; resume with the same total_steps."
+            )
+        self.step_count = int(state["step_count"])
+        self.initial_params = float(state["initial_params"])
+        self.target_params = float(state["target_params"])
+        self.last_shift = float(state["last_shift"])
+        self._set_tau(self.tau)
+        for layer in self.layers:
+            layer.steps.fill_(self.step_count)
+
+
+def trim_to_budget(layers: list[LRLoRALinear], ranks: list[int], budget: float) -> list[int]:
+    """Drop the weakest top components (by ||b_i|| ||a_i|| per parameter) until the
+    hard adapter fits in ``budget`` parameters."""
+    ranks = list(ranks)
+    strengths = [layer.lora_B.norm(dim=0) * layer.lora_A.norm(dim=1) for layer in layers]
+
+    def size() -> int:
+        return sum(r * layer.cost_per_rank for r, layer in zip(ranks, layers, strict=True))
+
+    while size() > budget + 1e-6:
+        candidates = [
+            (float(strengths[i][ranks[i] - 1]) / layers[i].cost_per_rank, i)
+            for i in range(len(layers))
+            if ranks[i] > 0
+        ]
+        _, weakest = min(candidates)
+        ranks[weakest] -= 1
+    return ranks

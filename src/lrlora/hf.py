@@ -1,0 +1,53 @@
+"""The transformers ``Trainer`` integration (transformers is imported only here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .controller import RankController
+
+
+class LRLoRACallback(TrainerCallback):
+    """Creates the :class:`RankController` when training starts, steps it after every
+    optimizer step (so gradient accumulation does not multiply the rank cost) and hardens
+    the ranks when training ends.
+
+    The rank parameters need their own learning rate; give the Trainer an optimizer built
+    from :func:`lrlora.optimizer_groups`::
+
+        optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-3))
+        trainer = Trainer(model, args, ..., optimizers=(optimizer, None),
+                          callbacks=[LRLoRACallback()])
+    """
+
+    def __init__(self, harden_at_end: bool = True, log_every: int = 0) -> None:
+        self.controller: RankController | None = None
+        self.harden_at_end = harden_at_end
+        self.log_every = log_every
+        self.trajectory: list[dict[str, Any]] = []
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.controller is None or self.controller.total_steps != state.max_steps:
+            self.controller = RankController(model, optimizer, total_steps=state.max_steps)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.controller.step()
+        if self.log_every and self.controller.step_count % self.log_every == 0:
+            self.trajectory.append(snapshot(self.controller))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.harden_at_end:
+            self.controller.harden()
+
+
+def snapshot(controller: RankController) -> dict[str, Any]:
+    """One point of the rank trajectory: the controller's summary plus every layer's rho
+    and hard rank."""
+    layers = zip(controller.names, controller.layers, strict=True)
+    return {
+        **controller.summary(),
+        "rho": {n: round(float(layer.rho), 4) for n, layer in layers},
+        "hard_rank": controller.hard_ranks(),
+    }

@@ -1,0 +1,165 @@
+"""Putting LR-LoRA adapters into a model: target matching, wrapping, freezing."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator
+
+from torch import nn
+
+from .config import LRLoRAConfig
+from .layer import LRLoRALinear, is_adaptable
+
+
+def matches(name: str, patterns: list[str] | str | None) -> bool:
+    """PEFT's matching: a str is a regex on the full name; a list entry matches the full
+    name or a dotted suffix of it."""
+    if not patterns:
+        return False
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, name) is not None
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def _no_match_error(model: nn.Module, config: LRLoRAConfig) -> ValueError:
+    names = [n for n, m in model.named_modules() if is_adaptable(m)]
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    wanted = config.target_modules
+    probes = [wanted] if isinstance(wanted, str) else wanted
+    close = sorted({c for p in probes for c in difflib.get_close_matches(p, leaves + names, n=3)})
+    return ValueError(
+        f"target_modules={wanted!r} matched no linear layer in {type(model).__name__}. "
+        f"Closest names found: {close or leaves[:8]}. Linear layer names in this model end "
+        f"in: {leaves[:12]}."
+    )
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LRLoRALinear]]:
+    """(name, layer) for every LR-LoRA adapter, names as in the original model."""
+    for name, module in model.named_modules():
+        if isinstance(module, LRLoRALinear):
+            yield name, module
+
+
+def resolve_targets(model: nn.Module, config: LRLoRAConfig) -> list[str]:
+    """Full names of the modules the config adapts; errors if one is not linear."""
+    chosen = []
+    for name, module in model.named_modules():
+        if not name or not matches(name, config.target_modules):
+            continue
+        if matches(name, config.exclude_modules):
+            continue
+        if isinstance(module, LRLoRALinear):
+            raise ValueError(f"{name} already has an LR-LoRA adapter; inject once per model.")
+        if not is_adaptable(module):
+            if isinstance(config.target_modules, str):
+                continue  # a regex may also match containers; only linear layers count
+            raise ValueError(
+                f"target {name} is a {type(module).__name__}; LR-LoRA adapts nn.Linear and "
+                "transformers' Conv1D layers only. Name the linear layers inside it instead."
+            )
+        chosen.append(name)
+    if not chosen:
+        raise _no_match_error(model, config)
+    return chosen
+
+
+def reference_rank(model: nn.Module, config: LRLoRAConfig, targets: list[str]) -> float:
+    """The LoRA rank whose size equals the budget: budget_rank, or budget_params spread
+    over the targets' cost per rank."""
+    if config.budget_rank is not None:
+        return float(config.budget_rank)
+    per_rank = sum(_cost_per_rank(model.get_submodule(t)) for t in targets)
+    if config.budget_params is not None:
+        rank = config.budget_params / per_rank
+        if rank > config.r_max:
+            raise ValueError(
+                f"budget_params={config.budget_params} is impossible: with r_max={config.r_max} "
+                f"the targets hold at most {config.r_max * per_rank} adapter parameters; choose "
+                f"a budget in [{per_rank}, {config.r_max * per_rank}] (1 to r_max ranks per layer)."
+            )
+        return rank
+    return float(config.r_max)
+
+
+def _cost_per_rank(module: nn.Module) -> int:
+    return sum(module.weight.shape)
+
+
+def inject(model: nn.Module, config: LRLoRAConfig) -> nn.Module:
+    """Wrap every target in an :class:`LRLoRALinear`, freeze all else, unfreeze the
+    ``modules_to_save``. Modifies ``model`` in place and returns it."""
+    targets = resolve_targets(model, config)
+    ref = reference_rank(model, config, targets)
+    init = config.init_rank or (ref if config.rank_mode == "budget" else config.r_max)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        layer = LRLoRALinear(
+            getattr(parent, child),
+            r_max=config.r_max,
+            init_rank=min(init, config.r_max),
+            alpha=config.alpha,
+            ref_rank=ref if config.scaling == "budget" else config.r_max,
+            dropout=config.dropout,
+            sqrt_scaling=config.scaling == "sqrt",
+        )
+        setattr(parent, child, layer)
+    _unfreeze_saved(model, config.modules_to_save)
+    model.lrlora_config = config  # read back by save/export/controller
+    model.lrlora_reference_rank = ref
+    return model
+
+
+def _unfreeze_saved(model: nn.Module, names: list[str]) -> None:
+    found = set()
+    for name, module in model.named_modules():
+        if name and matches(name, names):
+            found.update(p for p in names if name == p or name.endswith("." + p))
+            for param in module.parameters():
+                param.requires_grad_(True)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"modules_to_save {missing} matched no module in {type(model).__name__}.")
+
+
+def config_of(model: nn.Module) -> LRLoRAConfig:
+    config = getattr(model, "lrlora_config", None)
+    if not isinstance(config, LRLoRAConfig):
+        raise ValueError("this model has no LR-LoRA adapters: call lrlora.inject(model, config).")
+    return config
+
+
+def optimizer_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
+    """AdamW-ready groups: adapter weights and heads at ``lr``; rho at the config's
+    ``rank_lr`` with no weight decay."""
+    config = config_of(model)
+    rhos = [layer.rho for _, layer in lora_layers(model)]
+    rho_ids = {id(p) for p in rhos}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in rho_ids]
+    return [
+        {"params": rest, "lr": lr, "weight_decay": weight_decay},
+        {"params": rhos, "lr": config.rank_lr, "weight_decay": 0.0, "lrlora_rank": True},
+    ]
+
+
+def set_adapters_enabled(model: nn.Module, enabled: bool) -> None:
+    for _, layer in lora_layers(model):
+        layer.disabled = not enabled
+
+
+class disable_adapters:  # noqa: N801 - used like a function: `with disable_adapters(model):`
+    """Context manager giving the base model's output (the heads stay as trained)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        set_adapters_enabled(self.model, False)
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        set_adapters_enabled(self.model, True)

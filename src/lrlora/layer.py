@@ -1,0 +1,176 @@
+"""The LR-LoRA adapter layer: a LoRA update whose rank is a learnable real number.
+
+For a frozen linear map ``W0`` (d_out x d_in) the layer computes
+
+    y = W0 x + s * B (g * (A dropout(x))),    g_i = sigmoid((rho - i - 0.5) / tau)
+
+with ``A`` (R x d_in), ``B`` (d_out x R), a rank ``rho`` in [0, R] and a temperature
+``tau`` set by the :class:`~lrlora.controller.RankController`. The gate ``g`` is
+non-increasing in ``i``, so components close from the top index down; ``sum(g)`` is the
+differentiable rank and ``#{i: g_i > 0.5}`` the hard rank. After :meth:`harden` the gate
+is the step function ``1[i < r]``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv1d_class() -> type | None:
+    """transformers' GPT-2 ``Conv1D`` if transformers is already imported (never imports it)."""
+    module = sys.modules.get("transformers.pytorch_utils")
+    return getattr(module, "Conv1D", None)
+
+
+def is_adaptable(module: nn.Module) -> bool:
+    conv1d = conv1d_class()
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+
+
+class LRLoRALinear(nn.Module):
+    """Wraps ``nn.Linear`` or transformers' ``Conv1D`` (weight stored as d_in x d_out).
+
+    Args:
+        base: the frozen layer.
+        r_max: rank ceiling R.
+        init_rank: starting value of rho.
+        alpha: LoRA alpha.
+        ref_rank: the rank in the denominator of the scaling (alpha / ref_rank), unless
+            ``sqrt_scaling`` is set, in which case s = alpha / sqrt(r_eff).
+        dropout: dropout probability on the adapter input.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        r_max: int,
+        init_rank: float,
+        alpha: float,
+        ref_rank: float,
+        dropout: float = 0.0,
+        sqrt_scaling: bool = False,
+    ) -> None:
+        super().__init__()
+        if not is_adaptable(base):
+            raise TypeError(f"LR-LoRA adapts nn.Linear or Conv1D, not {type(base).__name__}")
+        self.base = base
+        self.fan_in_fan_out = not isinstance(base, nn.Linear)  # Conv1D: weight is (d_in, d_out)
+        d_in, d_out = base.weight.shape if self.fan_in_fan_out else base.weight.shape[::-1]
+        self.d_in, self.d_out, self.r_max = d_in, d_out, r_max
+        self.alpha, self.ref_rank, self.sqrt_scaling = alpha, ref_rank, sqrt_scaling
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        weight = base.weight
+        self.lora_A = nn.Parameter(torch.empty(r_max, d_in, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, r_max, dtype=weight.dtype, device=weight.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as LoRA: B = 0 so y = W0 x at init
+        self.rho = nn.Parameter(torch.tensor(float(init_rank), device=weight.device))
+        # Set by the controller; buffers so that they travel with state_dict and .to(device).
+        self.register_buffer("tau", torch.tensor(1.0, device=weight.device))
+        self.register_buffer("steps", torch.tensor(0, device=weight.device))  # controller steps seen
+        self.register_buffer("hard_rank", torch.tensor(-1, device=weight.device))  # -1: soft
+        self.register_buffer("component_index", torch.arange(r_max, device=weight.device) + 0.5)
+        self.merged = False
+        self.disabled = False
+
+    @property
+    def hardened(self) -> bool:
+        return int(self.hard_rank) >= 0
+
+    @property
+    def cost_per_rank(self) -> int:
+        """Adapter parameters one rank component costs: a row of A and a column of B."""
+        return self.d_in + self.d_out
+
+    def gate(self) -> torch.Tensor:
+        """g (R,): sigmoid((rho - i - 0.5) / tau), or 1[i < r] once hardened."""
+        if self.hardened:
+            return (self.component_index < int(self.hard_rank)).to(self.lora_A.dtype)
+        return torch.sigmoid((self.rho - self.component_index) / self.tau).to(self.lora_A.dtype)
+
+    def soft_rank(self) -> torch.Tensor:
+        """r_eff = sum(g), differentiable in rho."""
+        return self.gate().sum()
+
+    def current_hard_rank(self) -> int:
+        """Components whose gate is open (> 0.5); the rank this layer would export with."""
+        if self.hardened:
+            return int(self.hard_rank)
+        return int((self.gate() > 0.5).sum())
+
+    def scaling(self, gate: torch.Tensor | None = None) -> torch.Tensor | float:
+        if not self.sqrt_scaling:
+            return self.alpha / self.ref_rank
+        r_eff = (self.gate() if gate is None else gate).sum()
+        return self.alpha / torch.sqrt(r_eff.clamp_min(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = W0 x + s * B (g * (A dropout(x)))."""
+        y = self.base(x)
+        if self.disabled or self.merged:
+            return y
+        g = self.gate()
+        h = F.linear(self.dropout(x), self.lora_A) * g  # (..., R)
+        return y + F.linear(h, self.lora_B) * self.scaling(g)
+
+    def delta_weight(self) -> torch.Tensor:
+        """s * B diag(g) A, shaped like the base weight (transposed for Conv1D)."""
+        g = self.gate()
+        delta = (self.lora_B * g) @ self.lora_A * self.scaling(g)  # (d_out, d_in)
+        return delta.T if self.fan_in_fan_out else delta
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the adapter into the base weight; merging twice merges once."""
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+    @torch.no_grad()
+    def harden(self, rank: int | None = None) -> None:
+        """Freeze the gate to 1[i < rank] (default: the open gates) and zero B beyond it."""
+        if self.merged:
+            raise RuntimeError("unmerge() the adapter before hardening it")
+        rank = self.current_hard_rank() if rank is None else int(rank)
+        if not 0 <= rank <= self.r_max:
+            raise ValueError(f"hard rank must be in [0, {self.r_max}], got {rank}")
+        # Scale s is kept; with sqrt scaling it becomes alpha / sqrt(rank) from here on.
+        self.lora_B[:, rank:] = 0
+        self.hard_rank.fill_(rank)
+        self.rho.fill_(float(rank))
+        self.rho.requires_grad_(False)
+
+    def component_strength(self) -> torch.Tensor:
+        """||b_i|| * ||a_i|| * g_i for every component i (R,): what truncating i would remove."""
+        return self.lora_B.norm(dim=0) * self.lora_A.norm(dim=1) * self.gate()
+
+    @torch.no_grad()
+    def rebalance(self) -> None:
+        """Re-factor B diag(g) A so that components stand in order of singular value.
+
+        B = Q_B R_B and A^T = Q_A R_A (thin QR); the SVD of the R x R core
+        R_B diag(g) R_A^T = U S V^T gives B' = Q_B U S / c and A' = c V^T Q_A^T with c the
+        RMS row norm of A, so B' A' = B diag(g) A exactly and any truncation of the new
+        factors is the best low-rank approximation of the update. Keeping A's rows at their
+        usual size (rather than S^1/2 on both sides) keeps weak components trainable.
+        """
+        if self.hardened or self.merged or not torch.any(self.lora_B):
+            return
+        dtype = self.lora_A.dtype
+        a, b, g = self.lora_A.double(), self.lora_B.double(), self.gate().double()
+        q_b, r_b = torch.linalg.qr(b)  # (d_out, R), (R, R)
+        q_a, r_a = torch.linalg.qr(a.T)  # (d_in, R), (R, R)
+        u, s, vh = torch.linalg.svd((r_b * g) @ r_a.T)
+        c = a.norm(dim=1).pow(2).mean().sqrt().clamp_min(1e-12)
+        self.lora_B.copy_((q_b @ (u * s) / c).to(dtype))
+        self.lora_A.copy_((c * vh @ q_a.T).to(dtype))

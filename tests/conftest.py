@@ -7,15 +7,29 @@ import torch
 
 import lrlora
 
-BERT_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+BERT_TARGETS = [
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+]
 
 
 def tiny_bert(seed: int = 0):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2)  # fmt: skip
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
     return BertForSequenceClassification(config).eval()
 
 
@@ -28,8 +42,13 @@ def tiny_gpt2(seed: int = 0):
 
 
 def bert_config(**overrides) -> lrlora.LRLoRAConfig:
-    settings = dict(target_modules=BERT_TARGETS, modules_to_save=["classifier"], r_max=4,
-                    budget_rank=2, rebalance_every=5)  # fmt: skip
+    settings = dict(
+        target_modules=BERT_TARGETS,
+        modules_to_save=["classifier"],
+        r_max=4,
+        budget_rank=2,
+        rebalance_every=5,
+    )
     settings.update(overrides)
     return lrlora.LRLoRAConfig(**settings)
 
@@ -45,3 +64,28 @@ def randomize_adapters(model, seed: int = 0) -> None:
 @pytest.fixture
 def tokens() -> torch.Tensor:
     return torch.randint(0, 100, (3, 12), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> str:
+    """A tiny BERT and a WordPiece tokenizer over the words of some SST-2/STS-B rows, saved
+    as a local model directory (no downloads) for end-to-end `lrlora train` runs."""
+    import re
+
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from lrlora.tasks import load_split
+
+    rows = load_split("sst2", "dev", limit=200) + load_split("stsb", "dev", limit=100)
+    texts = [t for e in rows for t in (e.text_a, e.text_b) if t]
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    path = tmp_path_factory.mktemp("tiny-bert")
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -1,9 +1,9 @@
 import pytest
 import torch
-from conftest import bert_config, randomize_adapters, tiny_bert, tiny_gpt2
 from torch import nn
 
 import lrlora
+from conftest import bert_config, randomize_adapters, tiny_bert, tiny_gpt2
 from lrlora.layer import LRLoRALinear
 
 
@@ -16,8 +16,10 @@ def test_output_equals_base_at_init(tokens):
 
 def test_conv1d_output_equals_base_at_init(tokens):
     expected = tiny_gpt2()(tokens).logits
-    model = lrlora.inject(tiny_gpt2(), lrlora.LRLoRAConfig(target_modules=["c_attn", "c_proj", "c_fc"],
-                                                           r_max=4, budget_rank=2))  # fmt: skip
+    model = lrlora.inject(
+        tiny_gpt2(),
+        lrlora.LRLoRAConfig(target_modules=["c_attn", "c_proj", "c_fc"], r_max=4, budget_rank=2),
+    )
     assert all(layer.fan_in_fan_out for _, layer in lrlora.lora_layers(model))
     torch.testing.assert_close(model(tokens).logits, expected)
 
@@ -25,7 +27,9 @@ def test_conv1d_output_equals_base_at_init(tokens):
 @pytest.mark.parametrize("make", [tiny_bert, tiny_gpt2])
 def test_merge_unmerge_restores_weights_and_is_idempotent(make, tokens):
     targets = ["query", "value", "intermediate.dense"] if make is tiny_bert else ["c_attn", "c_fc"]
-    model = lrlora.inject(make(), lrlora.LRLoRAConfig(target_modules=targets, r_max=4, budget_rank=2))
+    model = lrlora.inject(
+        make(), lrlora.LRLoRAConfig(target_modules=targets, r_max=4, budget_rank=2)
+    )
     randomize_adapters(model)
     out = model(tokens).logits
     layers = [layer for _, layer in lrlora.lora_layers(model)]

@@ -27,8 +27,8 @@ class LRLoRAConfig:
 
     target_modules: list[str] | str = _help(
         "Modules to adapt: a list of names (a module matches an entry equal to its full "
-        "name or to a dotted suffix of it, e.g. 'query' matches 'encoder.layer.0.attention.self.query') "
-        "or one regular expression that must match the full name.",
+        "name or to a dotted suffix of it: 'query' matches 'encoder.layer.0.attention.self.query'"
+        ") or one regular expression that must match the full name.",
         default_factory=list,
     )
     exclude_modules: list[str] | str | None = _help(
@@ -116,12 +116,12 @@ class LRLoRAConfig:
             raise ValueError(f"penalty (lambda) must be >= 0, got {self.penalty}.")
         if self.scaling == "budget" and self.budget_rank is None and self.budget_params is None:
             raise ValueError("scaling='budget' needs a budget; use scaling='max' in penalty mode.")
+
+    def _check_schedules(self) -> None:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
         if self.rank_lr <= 0:
             raise ValueError(f"rank_lr must be positive, got {self.rank_lr}.")
-
-    def _check_schedules(self) -> None:
         if not 0 < self.tau_end <= self.tau_start:
             raise ValueError(
                 f"temperature must fall: need 0 < tau_end <= tau_start, got "
@@ -146,7 +146,9 @@ class LRLoRAConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown LRLoRAConfig fields {unknown}; known fields: {sorted(known)}")
+            raise ValueError(
+                f"unknown LRLoRAConfig fields {unknown}; known fields: {sorted(known)}"
+            )
         return cls(**data)
 
     def to_json(self) -> str:

@@ -103,9 +103,13 @@ class RankController:
             return self.max_params
         c = self.config
         return allowance(
-            self.step_count, self.total_steps, self.initial_params, self.target_params,
-            c.warmup_frac, c.decay_end_frac,
-        )  # fmt: skip
+            self.step_count,
+            self.total_steps,
+            self.initial_params,
+            self.target_params,
+            c.warmup_frac,
+            c.decay_end_frac,
+        )
 
     @property
     def lam(self) -> float:
@@ -188,7 +192,9 @@ class RankController:
 
     # -- reading the ranks ------------------------------------------------------------------
     def soft_ranks(self) -> dict[str, float]:
-        return {n: float(layer.soft_rank()) for n, layer in zip(self.names, self.layers, strict=True)}
+        return {
+            n: float(layer.soft_rank()) for n, layer in zip(self.names, self.layers, strict=True)
+        }
 
     def hard_ranks(self) -> dict[str, int]:
         pairs = zip(self.names, self.layers, strict=True)

@@ -51,10 +51,15 @@ def run(
     torch.manual_seed(seed)
     student, teacher = make_problem(true_ranks, d, seed)
     config = LRLoRAConfig(
-        target_modules=r"layers\.\d+", r_max=r_max, alpha=r_max, scaling="max",
-        budget_rank=sum(true_ranks) / len(true_ranks), init_rank=r_max, rank_lr=0.05,
+        target_modules=r"layers\.\d+",
+        r_max=r_max,
+        alpha=r_max,
+        scaling="max",
+        budget_rank=sum(true_ranks) / len(true_ranks),
+        init_rank=r_max,
+        rank_lr=0.05,
         rebalance_every=25,
-    )  # fmt: skip
+    )
     inject(student, config)
     optimizer = torch.optim.Adam(optimizer_groups(student, lr=1e-2))
     controller = RankController(student, optimizer, total_steps=steps)

@@ -185,7 +185,9 @@ def resume(
     _load_adapter_tensors(model, path)
     if optimizer is not None:
         rest = json.loads((path / "optimizer.json").read_text())
-        optimizer.load_state_dict(_join_optimizer_state(load_file(str(path / "optimizer.safetensors")), rest))
+        optimizer.load_state_dict(
+            _join_optimizer_state(load_file(str(path / "optimizer.safetensors")), rest)
+        )
     if controller is not None:
         controller.load_state_dict(json.loads((path / "controller.json").read_text()))
     return meta["extra"]
@@ -201,8 +203,10 @@ def _require_hardened(model: nn.Module) -> list[tuple[str, LRLoRALinear]]:
                 "Call controller.step() after every optimizer step (or use "
                 "lrlora.hf.LRLoRACallback), then controller.harden() before exporting."
             )
-        raise ValueError("harden the ranks first: controller.harden() (the Trainer callback "
-                         "does it at the end of training).")
+        raise ValueError(
+            "harden the ranks first: controller.harden() (the Trainer callback "
+            "does it at the end of training)."
+        )
     return layers
 
 

@@ -48,6 +48,6 @@ def snapshot(controller: RankController) -> dict[str, Any]:
     layers = zip(controller.names, controller.layers, strict=True)
     return {
         **controller.summary(),
-        "rho": {n: round(float(layer.rho), 4) for n, layer in layers},
+        "rho": {n: round(float(layer.rho.detach()), 4) for n, layer in layers},
         "hard_rank": controller.hard_ranks(),
     }

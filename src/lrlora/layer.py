@@ -65,13 +65,19 @@ class LRLoRALinear(nn.Module):
         self.alpha, self.ref_rank, self.sqrt_scaling = alpha, ref_rank, sqrt_scaling
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         weight = base.weight
-        self.lora_A = nn.Parameter(torch.empty(r_max, d_in, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(d_out, r_max, dtype=weight.dtype, device=weight.device))
+        self.lora_A = nn.Parameter(
+            torch.empty(r_max, d_in, dtype=weight.dtype, device=weight.device)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(d_out, r_max, dtype=weight.dtype, device=weight.device)
+        )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as LoRA: B = 0 so y = W0 x at init
         self.rho = nn.Parameter(torch.tensor(float(init_rank), device=weight.device))
         # Set by the controller; buffers so that they travel with state_dict and .to(device).
         self.register_buffer("tau", torch.tensor(1.0, device=weight.device))
-        self.register_buffer("steps", torch.tensor(0, device=weight.device))  # controller steps seen
+        self.register_buffer(
+            "steps", torch.tensor(0, device=weight.device)
+        )  # controller steps seen
         self.register_buffer("hard_rank", torch.tensor(-1, device=weight.device))  # -1: soft
         self.register_buffer("component_index", torch.arange(r_max, device=weight.device) + 0.5)
         self.merged = False
@@ -168,9 +174,14 @@ class LRLoRALinear(nn.Module):
             return
         dtype = self.lora_A.dtype
         a, b, g = self.lora_A.double(), self.lora_B.double(), self.gate().double()
-        q_b, r_b = torch.linalg.qr(b)  # (d_out, R), (R, R)
-        q_a, r_a = torch.linalg.qr(a.T)  # (d_in, R), (R, R)
-        u, s, vh = torch.linalg.svd((r_b * g) @ r_a.T)
+        q_b, r_b = torch.linalg.qr(b)  # (d_out, k_b), (k_b, R)
+        q_a, r_a = torch.linalg.qr(a.T)  # (d_in, k_a), (k_a, R)
+        u, s, vh = torch.linalg.svd((r_b * g) @ r_a.T)  # k = min(k_b, k_a) components
+        k = s.numel()
         c = a.norm(dim=1).pow(2).mean().sqrt().clamp_min(1e-12)
-        self.lora_B.copy_((q_b @ (u * s) / c).to(dtype))
-        self.lora_A.copy_((c * vh @ q_a.T).to(dtype))
+        new_a = torch.randn_like(a) * c / math.sqrt(self.d_in)  # rows beyond k: fresh, B = 0
+        new_b = torch.zeros_like(b)
+        new_a[:k] = c * vh[:k] @ q_a.T
+        new_b[:, :k] = q_b @ (u[:, :k] * s) / c
+        self.lora_A.copy_(new_a.to(dtype))
+        self.lora_B.copy_(new_b.to(dtype))

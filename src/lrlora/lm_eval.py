@@ -80,7 +80,7 @@ def _target_logprobs(
     device = _device(model)
     logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
     scores = []
-    for row, (ids, start) in zip(logits, sequences):
+    for row, (ids, start) in zip(logits, sequences, strict=True):
         # The logits at position t - 1 predict token t.
         logp = torch.log_softmax(row[start - 1 : len(ids) - 1].float(), dim=-1)
         target = torch.tensor(ids[start:], device=logp.device)
@@ -130,7 +130,7 @@ def _predict_by_generation(
         pad_token_id=pad_id,
     )
     texts = tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
-    return [parse_answer(item.task, text) for item, text in zip(items, texts)]
+    return [parse_answer(item.task, text) for item, text in zip(items, texts, strict=True)]
 
 
 def evaluate_commonsense(
@@ -168,7 +168,7 @@ def evaluate_commonsense(
                     predictions = _predict_by_score(model, tokenizer, batch)
                 else:
                     predictions = _predict_by_generation(model, tokenizer, batch, max_new_tokens)
-                correct += sum(p == item.answer for p, item in zip(predictions, batch))
+                correct += sum(p == item.answer for p, item in zip(predictions, batch, strict=True))
                 if progress is not None:
                     progress(task, start + len(batch), len(items))
             results[task] = 100.0 * correct / len(items)

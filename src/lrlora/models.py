@@ -87,6 +87,7 @@ def convert_gguf_to_safetensors(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary cache directory
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if out_dir.exists():
@@ -117,7 +118,9 @@ def load_causal_lm(
     if model is None or model == "smollm2":
         gguf = smollm2_gguf_path()
         root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        path: str | Path = convert_gguf_to_safetensors(gguf.parent, gguf.name, root / SMOLLM2_DIRNAME)
+        path: str | Path = convert_gguf_to_safetensors(
+            gguf.parent, gguf.name, root / SMOLLM2_DIRNAME
+        )
     else:
         path = model
     try:

@@ -67,8 +67,18 @@ def rank_report(model: nn.Module, *, show: bool = False) -> list[dict]:
     for name, layer in lora_layers(model):
         role, kind = role_of(name)
         rank = layer.current_hard_rank()
-        rows.append(RankRow(name, kind, role, depth_of(name), layer.r_max, float(layer.rho),
-                            rank, rank * layer.cost_per_rank))  # fmt: skip
+        rows.append(
+            RankRow(
+                name,
+                kind,
+                role,
+                depth_of(name),
+                layer.r_max,
+                float(layer.rho),
+                rank,
+                rank * layer.cost_per_rank,
+            )
+        )
     rows = [asdict(r) for r in rows]
     if show:
         print(format_report(rows))
@@ -78,11 +88,14 @@ def rank_report(model: nn.Module, *, show: bool = False) -> list[dict]:
 def format_report(rows: list[dict]) -> str:
     """A fixed-width table of the rows, then totals by kind."""
     width = max([len(r["name"]) for r in rows] + [6])
-    lines = [f"{'module':<{width}}  {'kind':<9} {'depth':>5} {'R':>3} {'rho':>6} {'rank':>4} {'params':>8}"]
+    header = f"{'kind':<9} {'depth':>5} {'R':>3} {'rho':>6} {'rank':>4} {'params':>8}"
+    lines = [f"{'module':<{width}}  {header}"]
     for r in rows:
         depth = "-" if r["depth"] is None else r["depth"]
-        lines.append(f"{r['name']:<{width}}  {r['kind']:<9} {depth:>5} {r['r_max']:>3} "
-                     f"{r['rho']:>6.2f} {r['hard_rank']:>4} {r['params']:>8,}")  # fmt: skip
+        lines.append(
+            f"{r['name']:<{width}}  {r['kind']:<9} {depth:>5} {r['r_max']:>3} "
+            f"{r['rho']:>6.2f} {r['hard_rank']:>4} {r['params']:>8,}"
+        )
     for kind in ("attention", "mlp", "other"):
         group = [r for r in rows if r["kind"] == kind]
         if group:

@@ -108,7 +108,9 @@ def _layout(task: str) -> _Layout:
     try:
         return _LAYOUTS[task]
     except KeyError:
-        raise ValueError(f"unknown commonsense task {task!r}; choose from {COMMONSENSE_TASKS}") from None
+        raise ValueError(
+            f"unknown commonsense task {task!r}; choose from {COMMONSENSE_TASKS}"
+        ) from None
 
 
 def extract_options(task: str, instruction: str) -> tuple[str, ...]:
@@ -238,7 +240,7 @@ def encode_with_target(
     prompt_ids = encode(tokenizer, prompt)
     full_ids = encode(tokenizer, prompt + target)
     shared = 0
-    for a, b in zip(prompt_ids, full_ids):
+    for a, b in zip(prompt_ids, full_ids, strict=False):
         if a != b:
             break
         shared += 1
@@ -262,7 +264,7 @@ def build_training_example(
     excess = len(ids) - max_length
     if excess > 0:
         start = len(_bos_prefix(tokenizer))
-        if excess > n_prompt - max(start, 1):  # keep BOS and at least one prompt token
+        if excess > n_prompt - max(start, 1):  # keep one token of context (BOS counts)
             raise ValueError(
                 f"the answer takes {len(ids) - n_prompt} tokens (with EOS) and cannot fit in "
                 f"max_length={max_length} with any prompt; raise max_length"

@@ -1,0 +1,175 @@
+"""The methods ``lrlora train`` compares, behind one small interface (:class:`Method`).
+
+- :class:`LRLoRAMethod`: :func:`lrlora.inject` in budget mode, AdamW over
+  :func:`lrlora.optimizer_groups` (rho at its own learning rate), the rank controller driven
+  by :class:`lrlora.hf.LRLoRACallback`, export to a stock PEFT LoRA adapter.
+- :class:`PeftMethod`: LoRA, AdaLoRA or DoRA from :mod:`lrlora.baselines` at the same budget,
+  the Trainer's own optimizer, ``save_pretrained`` for the adapter.
+
+Every method reports its ranks as rows with the keys of :func:`lrlora.rank_report`
+(``name, kind, role, depth, r_max, rho, hard_rank, params``) and trajectory points with
+``step``, ``rho`` and ``hard_rank`` per layer (LR-LoRA adds tau, lambda, allowance and sizes).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+from . import baselines
+from .config import LRLoRAConfig
+from .inject import inject, optimizer_groups
+from .report import depth_of, rank_report, role_of
+
+if TYPE_CHECKING:
+    from .train import TrainArgs
+
+
+class Method(Protocol):
+    """What the training run needs from a method."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None  # None: the Trainer builds its AdamW
+    callbacks: list  # transformers TrainerCallbacks the method needs
+
+    def ranks_now(self) -> dict[str, Any]:
+        """One trajectory point (without ``step``)."""
+
+    def log_values(self) -> dict[str, float]:
+        """Extra values for the training log (LR-LoRA: tau, lambda, adapter size)."""
+
+    def rows(self) -> list[dict]:
+        """Final per-layer rows, rank_report keys."""
+
+    def param_counts(self) -> dict[str, int]:
+        """Final ``adapter`` (low-rank factors) and ``extras`` (other adapter parameters)."""
+
+    def export(self, path: os.PathLike, base_model: str) -> None:
+        """Write the adapter as a stock PEFT adapter directory."""
+
+
+def default_alpha(args: TrainArgs) -> float:
+    """The alpha that gives LR-LoRA the baselines' scaling (alpha / budget rank = 2)."""
+    return baselines.SCALING * args.budget_rank if args.alpha is None else args.alpha
+
+
+class LRLoRAMethod:
+    """LR-LoRA in budget mode: the budget is LoRA at ``budget_rank``, ceiling ``r_max``."""
+
+    def __init__(self, model: nn.Module, args: TrainArgs, targets: list[str], heads: list[str]):
+        from .hf import LRLoRACallback
+
+        config = LRLoRAConfig(
+            target_modules=targets,
+            modules_to_save=heads,
+            r_max=args.r_max,
+            budget_rank=args.budget_rank,
+            init_rank=args.init_rank,
+            alpha=default_alpha(args),
+            dropout=args.dropout,
+            rank_lr=args.rank_lr,
+            rebalance_every=args.rebalance_every,
+        )
+        torch.manual_seed(args.seed)
+        self.model = inject(model, config)
+        groups = optimizer_groups(self.model, args.lr, args.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=args.lr)
+        self.callback = LRLoRACallback()
+        self.callbacks = [self.callback]
+
+    def ranks_now(self) -> dict[str, Any]:
+        from .hf import snapshot
+
+        return snapshot(self.callback.controller)
+
+    def log_values(self) -> dict[str, float]:
+        controller = self.callback.controller
+        return {
+            "tau": round(controller.tau, 4),
+            "lambda": round(controller.lam, 4),
+            "adapter_params": controller.adapter_params(),
+        }
+
+    def rows(self) -> list[dict]:
+        return rank_report(self.model)
+
+    def param_counts(self) -> dict[str, int]:
+        return {"adapter": sum(row["params"] for row in self.rows()), "extras": 0}
+
+    def export(self, path: os.PathLike, base_model: str) -> None:
+        from .export import export_peft
+
+        export_peft(self.model, path, base_model_name_or_path=base_model, task_type="SEQ_CLS")
+
+
+class PeftMethod:
+    """A peft baseline (lora, adalora, dora) at ``budget_rank``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: TrainArgs,
+        targets: list[str],
+        heads: list[str],
+        total_steps: int,
+    ):
+        self.method = args.method
+        self.model = baselines.make_peft_model(
+            model,
+            args.method,
+            args.budget_rank,
+            targets,
+            modules_to_save=heads,
+            total_steps=total_steps,
+            lora_alpha=args.alpha,
+            lora_dropout=args.dropout,
+            task_type="SEQ_CLS",
+            seed=args.seed,
+        )
+        self.optimizer = None
+        self.callbacks = baselines.peft_callbacks(self.model, args.method)
+
+    def ranks_now(self) -> dict[str, Any]:
+        ranks = baselines.final_ranks(self.model, self.method)
+        return {
+            "adapter_params": self.param_counts()["adapter"],
+            "rho": {name: float(rank) for name, rank in ranks.items()},
+            "hard_rank": ranks,
+        }
+
+    def log_values(self) -> dict[str, float]:
+        return {}
+
+    def rows(self) -> list[dict]:
+        from peft.tuners.lora import LoraLayer
+
+        ranks = baselines.final_ranks(self.model, self.method)
+        adapter = self.model.active_adapter
+        rows = []
+        for name, layer in self.model.get_base_model().named_modules():
+            if isinstance(layer, LoraLayer):
+                role, kind = role_of(name)
+                rank, cost = ranks[name], layer.in_features + layer.out_features
+                rows.append({"name": name, "kind": kind, "role": role, "depth": depth_of(name),
+                             "r_max": layer.r[adapter], "rho": float(rank), "hard_rank": rank,
+                             "params": rank * cost})  # fmt: skip
+        return rows
+
+    def param_counts(self) -> dict[str, int]:
+        counts = baselines.adapter_param_counts(self.model, self.method)
+        return {"adapter": counts["adapter"], "extras": counts["extras"]}
+
+    def export(self, path: os.PathLike, base_model: str) -> None:
+        self.model.save_pretrained(path)
+
+
+def attach(
+    model: nn.Module, args: TrainArgs, targets: list[str], heads: list[str], total_steps: int
+) -> Method:
+    """Put ``args.method``'s adapters on ``model`` (in place) and return the method."""
+    if args.method == "lr-lora":
+        return LRLoRAMethod(model, args, targets, heads)
+    return PeftMethod(model, args, targets, heads, total_steps)

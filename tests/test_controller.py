@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+import lrlora
+from conftest import bert_config, tiny_bert
+from lrlora import demo
+from lrlora.controller import allowance, temperature
+
+
+def test_temperature_is_a_pure_monotone_schedule():
+    for shape in ("cosine", "linear", "exp"):
+        taus = [temperature(s, 100, 1.0, 0.05, shape) for s in range(0, 121, 10)]
+        assert taus[0] == pytest.approx(1.0) and taus[10] == pytest.approx(0.05)
+        assert all(a >= b for a, b in zip(taus, taus[1:], strict=False))
+        assert taus[-1] == pytest.approx(0.05)  # held after the end
+
+
+def test_allowance_holds_decays_cubically_then_holds():
+    at = [allowance(s, 100, 1000.0, 400.0, 0.1, 0.6) for s in range(101)]
+    assert at[0] == at[10] == 1000.0
+    assert at[60] == at[100] == 400.0
+    assert all(a >= b for a, b in zip(at, at[1:], strict=False))
+    assert at[35] == pytest.approx(400 + 600 * 0.5**3)
+    assert allowance(50, 100, 300.0, 400.0, 0.1, 0.6) == 400.0  # never above a larger target
+
+
+def _train(model, steps, accumulate=1, seed=0, **controller_kw):
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=steps, **controller_kw)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        tokens = torch.randint(0, 100, (4, 10), generator=gen)
+        labels = torch.randint(0, 2, (4,), generator=gen)
+        for chunk in range(accumulate):
+            part = slice(chunk * 4 // accumulate, (chunk + 1) * 4 // accumulate)
+            (model(tokens[part], labels=labels[part]).loss / accumulate).backward()
+        optimizer.step()
+        controller.step()
+        optimizer.zero_grad()
+    return controller
+
+
+def test_budget_holds_during_training_and_after_hardening():
+    model = lrlora.inject(tiny_bert(), bert_config(init_rank=4, rank_lr=0.2))
+    controller = _train(model, steps=20)
+    assert controller.summary()["soft_params"] <= controller.allowance * (1 + 1e-6)
+    ranks = controller.harden()
+    budget = sum(2 * layer.cost_per_rank for _, layer in lrlora.lora_layers(model))
+    assert controller.adapter_params() <= budget
+    assert (
+        sum(
+            r * layer.cost_per_rank
+            for r, (_, layer) in zip(ranks.values(), lrlora.lora_layers(model), strict=True)
+        )
+        <= budget
+    )
+    assert all(0 <= layer.rho.item() <= 4 for _, layer in lrlora.lora_layers(model))
+
+
+def test_penalty_mode_shrinks_ranks_and_accumulation_does_not_multiply_it():
+    def final_rhos(accumulate):
+        torch.manual_seed(0)
+        student, teacher = demo.make_problem((1, 2, 4), d=16, seed=0)
+        config = lrlora.LRLoRAConfig(
+            target_modules=r"layers\.\d+",
+            r_max=6,
+            rank_mode="penalty",
+            scaling="max",
+            penalty=5.0,
+            rank_lr=0.1,
+            rebalance_every=0,
+        )
+        lrlora.inject(student, config)
+        optimizer = torch.optim.Adam(lrlora.optimizer_groups(student, lr=1e-2))
+        controller = lrlora.RankController(student, optimizer, total_steps=30)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(30):
+            x = torch.randn(8, 16, generator=gen)
+            for part in x.chunk(accumulate):
+                ((student(part) - teacher(part)).pow(2).mean() / accumulate).backward()
+            optimizer.step()
+            controller.step()
+            optimizer.zero_grad()
+        return torch.stack([layer.rho.detach() for _, layer in lrlora.lora_layers(student)])
+
+    one, four = final_rhos(1), final_rhos(4)
+    assert torch.all(one < 6.0)  # the penalty pulled every rank down from the ceiling
+    torch.testing.assert_close(one, four, atol=1e-4, rtol=0)
+
+
+def test_hardening_without_steps_is_an_error():
+    model = lrlora.inject(tiny_bert(), bert_config())
+    controller = lrlora.RankController(model, None, total_steps=10)
+    with pytest.raises(lrlora.ControllerNotSteppedError, match="never stepped"):
+        controller.harden()
+
+
+def test_state_dict_round_trip_restores_schedule():
+    model = lrlora.inject(tiny_bert(), bert_config())
+    controller = _train(model, steps=6)
+    state = controller.state_dict()
+    fresh = lrlora.RankController(model, None, total_steps=6)
+    fresh.load_state_dict(state)
+    assert fresh.step_count == 6 and fresh.tau == controller.tau
+    assert fresh.allowance == controller.allowance and fresh.lam == controller.lam
+    assert all(
+        layer.tau.item() == pytest.approx(fresh.tau) for _, layer in lrlora.lora_layers(model)
+    )
+    with pytest.raises(ValueError, match="same total_steps"):
+        lrlora.RankController(model, None, total_steps=7).load_state_dict(state)
+
+
+def test_teacher_student_ranks_come_out_ordered_like_the_truth():
+    rows = demo.run(true_ranks=(1, 3, 6), d=16, r_max=8, steps=250, show=False)
+    ranks = [row["hard_rank"] for row in rows]
+    assert ranks[0] < ranks[1] < ranks[2], ranks
+    assert sum(row["params"] for row in rows) <= 10 * 32  # budget: 10 ranks of 16 + 16

@@ -1,0 +1,167 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import lrlora
+from conftest import bert_config, tiny_bert, tiny_gpt2
+
+
+def _batches(n, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randint(0, 100, (4, 10), generator=gen), torch.randint(0, 2, (4,), generator=gen))
+        for _ in range(n)
+    ]
+
+
+def _setup(config, total_steps):
+    model = lrlora.inject(tiny_bert(), config)
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    return model, optimizer, lrlora.RankController(model, optimizer, total_steps=total_steps)
+
+
+def _steps(model, optimizer, controller, batches):
+    for tokens, labels in batches:
+        model(tokens, labels=labels).loss.backward()
+        optimizer.step()
+        controller.step()
+        optimizer.zero_grad()
+
+
+def test_interrupted_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    config = bert_config(init_rank=4, rank_lr=0.2, rebalance_every=3)
+    batches = _batches(10)
+    full = _setup(config, 10)
+    _steps(*full, batches)
+
+    first = _setup(config, 10)
+    _steps(*first, batches[:5])
+    lrlora.save(
+        first[0], tmp_path / "ckpt", controller=first[2], optimizer=first[1], extra={"step": 5}
+    )
+    resumed = _setup(config, 10)
+    assert lrlora.resume(tmp_path / "ckpt", resumed[0], resumed[1], resumed[2]) == {"step": 5}
+    assert resumed[2].step_count == 5
+    _steps(*resumed, batches[5:])
+
+    want, got = full[0].state_dict(), resumed[0].state_dict()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=1e-5, msg=key)
+    assert resumed[2].state_dict() == full[2].state_dict()
+
+
+def test_save_load_gives_same_outputs_and_refuses_overwrite(tmp_path, tokens):
+    model, optimizer, controller = _setup(bert_config(), 4)
+    _steps(model, optimizer, controller, _batches(4))
+    controller.harden()
+    expected = model(tokens).logits
+    lrlora.save(model, tmp_path / "adapter")
+    assert not list(tmp_path.glob(".adapter*"))  # no staging leftovers
+    loaded = lrlora.load(tiny_bert(), tmp_path / "adapter")
+    torch.testing.assert_close(loaded(tokens).logits, expected)
+    assert [r["hard_rank"] for r in lrlora.rank_report(loaded)] == [
+        r["hard_rank"] for r in lrlora.rank_report(model)
+    ]
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        lrlora.save(model, tmp_path / "adapter")
+    lrlora.save(model, tmp_path / "adapter", overwrite=True)
+
+
+def test_save_directory_holds_no_pickles(tmp_path):
+    model, optimizer, controller = _setup(bert_config(), 2)
+    _steps(model, optimizer, controller, _batches(2))
+    lrlora.save(model, tmp_path / "a", controller=controller, optimizer=optimizer)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == [
+        "adapter.safetensors",
+        "controller.json",
+        "lrlora_config.json",
+        "optimizer.json",
+        "optimizer.safetensors",
+    ]
+
+
+def test_export_requires_a_stepped_controller(tmp_path):
+    model = lrlora.inject(tiny_bert(), bert_config())
+    with pytest.raises(lrlora.ControllerNotSteppedError, match="never stepped"):
+        lrlora.export_peft(model, tmp_path / "peft")
+    with pytest.raises(lrlora.ControllerNotSteppedError):
+        lrlora.merge(model)
+
+
+PEFT_LOAD = """
+import sys, torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSequenceClassification, AutoModelForCausalLM
+from peft import PeftModel
+base_dir, adapter_dir, tokens_file, out_file, kind = sys.argv[1:]
+cls = AutoModelForSequenceClassification if kind == "seq" else AutoModelForCausalLM
+model = PeftModel.from_pretrained(cls.from_pretrained(base_dir), adapter_dir).eval()
+tokens = load_file(tokens_file)["tokens"]
+with torch.no_grad():
+    save_file({"logits": model(tokens).logits.contiguous()}, out_file)
+assert "lrlora" not in sys.modules
+"""
+
+
+@pytest.mark.parametrize("kind", ["seq", "gpt2"])
+def test_export_loads_in_stock_peft_in_a_fresh_process(tmp_path, tokens, kind):
+    from safetensors.torch import load_file, save_file
+
+    make = tiny_bert if kind == "seq" else tiny_gpt2
+    make().save_pretrained(tmp_path / "base")
+    if kind == "seq":
+        config = bert_config(r_max=4, budget_rank=2)
+    else:
+        config = lrlora.LRLoRAConfig(
+            target_modules=["c_attn", "c_proj", "c_fc"], r_max=4, budget_rank=2
+        )
+    model = lrlora.inject(make(), config)
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=5e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=6)
+    for tokens_, labels in _batches(6):
+        out = model(tokens_, labels=labels if kind == "seq" else tokens_)
+        out.loss.backward()
+        optimizer.step()
+        controller.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        lrlora.lora_layers(model).__next__()[1].rho.fill_(0.0)  # one rank-0 layer to leave out
+    controller.harden()
+    with torch.no_grad():
+        expected = model(tokens).logits
+        base_logits = make()(tokens).logits
+    assert not torch.allclose(expected, base_logits, atol=1e-4)
+    lrlora.export_peft(model, tmp_path / "peft")
+    peft_config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    first = next(iter(lrlora.lora_layers(model)))[0]
+    assert first not in peft_config["rank_pattern"]
+    assert all(isinstance(r, int) and r > 0 for r in peft_config["rank_pattern"].values())
+    save_file({"tokens": tokens}, str(tmp_path / "tokens.safetensors"))
+    script = tmp_path / "load.py"
+    script.write_text(textwrap.dedent(PEFT_LOAD))
+    subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "base"),
+            str(tmp_path / "peft"),
+            str(tmp_path / "tokens.safetensors"),
+            str(tmp_path / "out.safetensors"),
+            kind,
+        ],
+        check=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    got = load_file(str(tmp_path / "out.safetensors"))["logits"]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+    merged = lrlora.merge(model)
+    assert not any(True for _ in lrlora.lora_layers(merged))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(tokens).logits, expected, atol=1e-5, rtol=1e-4)
+    assert any(True for _ in lrlora.lora_layers(model))  # merge() left the original alone

@@ -1,0 +1,57 @@
+"""DESIGN property 8: under data-parallel training every process holds the same rho, tau
+and allowance, and the result matches one process that sees the same global batch."""
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import bert_config, tiny_bert
+from torch.nn.parallel import DistributedDataParallel
+
+import lrlora
+
+STEPS, GLOBAL_BATCH = 6, 4
+
+
+def _batches():
+    gen = torch.Generator().manual_seed(0)
+    return [
+        (torch.randint(0, 100, (GLOBAL_BATCH, 10), generator=gen),
+         torch.randint(0, 2, (GLOBAL_BATCH,), generator=gen))
+        for _ in range(STEPS)
+    ]  # fmt: skip
+
+
+def _train(model, forward, shard):
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=STEPS)
+    for tokens, labels in _batches():
+        forward(tokens[shard], labels=labels[shard]).loss.backward()
+        optimizer.step()
+        controller.step()
+        optimizer.zero_grad()
+    rhos = torch.stack([layer.rho.detach() for _, layer in lrlora.lora_layers(model)])
+    return rhos, torch.tensor([controller.tau, controller.allowance], dtype=torch.float64)
+
+
+def _worker(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = lrlora.inject(tiny_bert(), bert_config(init_rank=3, rank_lr=0.2, rebalance_every=2))
+    ddp = DistributedDataParallel(model)
+    per = GLOBAL_BATCH // world
+    rhos, schedule = _train(model, ddp, slice(rank * per, (rank + 1) * per))
+    torch.save({"rho": rhos, "schedule": schedule}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_matches_single_process_and_processes_agree(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert torch.equal(results[0]["rho"], results[1]["rho"])
+    assert torch.equal(results[0]["schedule"], results[1]["schedule"])
+
+    single = lrlora.inject(tiny_bert(), bert_config(init_rank=3, rank_lr=0.2, rebalance_every=2))
+    rhos, schedule = _train(single, single, slice(None))
+    torch.testing.assert_close(results[0]["rho"], rhos, atol=1e-4, rtol=0)
+    torch.testing.assert_close(results[0]["schedule"], schedule)
+    assert not torch.allclose(rhos, torch.full_like(rhos, 3.0))  # the ranks did move

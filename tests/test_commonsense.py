@@ -209,7 +209,7 @@ def test_labels_mask_exactly_the_prompt(bos):
     example = build_training_example(tok, INSTRUCTION, OUTPUT, max_length=512)
     n_prompt = len(encode(tok, format_prompt(INSTRUCTION)))
     answer = tok(OUTPUT, add_special_tokens=False).input_ids + [tok.eos_token_id]
-    assert example["input_ids"][:1] == ([tok.bos_token_id] if bos else example["input_ids"][:1])
+    assert (example["input_ids"][0] == tok.bos_token_id) == bos
     assert example["labels"] == [IGNORE_INDEX] * n_prompt + answer
     assert example["input_ids"][n_prompt:] == answer
 
@@ -258,8 +258,8 @@ class Bigram(nn.Module):
             torch.randn(vocab_size, vocab_size, generator=torch.Generator().manual_seed(0))
         )
 
-    def forward(self, input_ids, attention_mask=None):
-        return SimpleNamespace(logits=self.table[input_ids])
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        return SimpleNamespace(logits=self.table[input_ids])  # no KV cache
 
 
 @pytest.mark.parametrize("bos", [False, True])
@@ -309,7 +309,7 @@ def toy_rows() -> dict[str, list[dict[str, str]]]:
             row(arc.format("grass"), "answer2"),
             row(arc.format("blood"), "answer3"),
         ],
-        "boolq": [row(boolq.format("water"), "true"), row(boolq.format("sand"), "false")],
+        "boolq": [row(boolq.format("water"), "true"), row(boolq.format("dry sand"), "false")],
     }
 
 
@@ -337,8 +337,8 @@ def toy_benchmark(tmp_path_factory):
     )
     model = transformers.LlamaForCausalLM(config)
     batch = collate([build_training_example(tok, i, o, 128) for i, o in pairs], pad_token_id(tok))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for _ in range(100):
         loss = model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
@@ -364,14 +364,31 @@ def test_evaluate_picks_the_likeliest_option(toy_benchmark, mode):
     )
     assert results == {"ARC-Easy": 100.0, "boolq": 100.0, "average": 100.0}
     assert calls[-1] == ("boolq", 2, 2)
-    # Batching (and so padding) does not change a score.
+
+
+def test_prompt_cache_gives_the_full_forward_scores(toy_benchmark):
+    """Scoring runs the shared prefix once and the padded tails from its KV cache; the sums
+    must equal one full forward per candidate."""
+    _, model, tok = toy_benchmark
     prompt = format_prompt(toy_rows()["ARC-Easy"][1]["instruction"])
-    candidates = [f"the correct answer is answer{k}" for k in (1, 2, 3)]
-    scores = score_options(model, tok, prompt, candidates)
-    assert scores.index(max(scores)) == 1
-    assert [score_options(model, tok, prompt, [c])[0] for c in candidates] == pytest.approx(
-        scores, abs=1e-4
+    candidates = ["the correct answer is answer1", "the correct answer is answer2", "answer3"]
+    expected = []
+    for candidate in candidates:
+        ids, start = encode_with_target(tok, prompt, candidate)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
+        expected.append(sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids))))
+    shapes = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True,
     )
+    scores = score_options(model, tok, prompt, candidates)
+    hook.remove()
+    assert scores == pytest.approx(expected, abs=1e-4)
+    assert scores.index(max(scores[:2])) == 1
+    n_prompt = encode_with_target(tok, prompt, "answer3")[1]
+    assert shapes == [(1, n_prompt), (3, 5)]  # the prompt once, then the padded tails
 
 
 def test_evaluate_counts_an_unparsed_answer_as_wrong(toy_benchmark):

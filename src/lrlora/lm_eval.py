@@ -2,14 +2,15 @@
 
 ``score``: each option label is written as the training target ("the correct answer is
 answer2") and the option whose target has the highest summed log-likelihood given the
-prompt wins, ``argmax_k sum_t log p(y_k,t | prompt, y_k,<t)``. ``generate``: greedy
-decoding, then the first option label in the text, as the LLM-Adapters benchmark parses it
-(no label counts as wrong). LLM-Adapters decodes with 4 beams; greedy is cheaper and
-close.
+prompt wins, ``argmax_k sum_t log p(y_k,t | prompt, y_k,<t)``; the prompt runs once and
+the options continue from its KV cache as one batch. ``generate``: greedy decoding, then the
+first option label in the text, as the LLM-Adapters benchmark parses it (no label counts as
+wrong); LLM-Adapters itself decodes with 4 beams.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -69,11 +70,23 @@ def _pad(sequences: Sequence[list[int]], pad_id: int, left: bool) -> tuple[torch
 
 def _common_prefix_length(sequences: Sequence[list[int]]) -> int:
     length = 0
-    for column in zip(*sequences):
+    for column in zip(*sequences, strict=False):
         if any(token != column[0] for token in column):
             break
         length += 1
     return length
+
+
+def _output_cache(output: object) -> object | None:
+    """The KV cache a forward returned: ``cache`` since transformers 5.x, ``past_key_values``
+    before."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """The forward argument that takes a KV cache (renamed in transformers 5.x)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _target_logprobs(
@@ -100,15 +113,17 @@ def _target_logprobs(
         head = model(
             input_ids=torch.tensor([sequences[0][0][:shared]], device=device), use_cache=True
         )
-        head_logits, cache = head.logits[0], getattr(head, "past_key_values", None)
-    if cache is None:
-        shared = 0
-    else:
+        head_logits, cache = head.logits[0], _output_cache(head)
+    tail_inputs = {}
+    if hasattr(cache, "batch_repeat_interleave"):  # not None, nor a legacy tuple
         cache.batch_repeat_interleave(len(sequences))
+        tail_inputs[_cache_argument(model)] = cache
+    else:
+        shared = 0
     tails, tail_mask = _pad([ids[shared:] for ids, _ in sequences], pad_id, left=False)
     mask = torch.cat([torch.ones(len(sequences), shared, dtype=torch.long), tail_mask], dim=1)
     tail_logits = model(
-        input_ids=tails.to(device), attention_mask=mask.to(device), past_key_values=cache
+        input_ids=tails.to(device), attention_mask=mask.to(device), **tail_inputs
     ).logits  # (batch, longest tail, vocab)
     scores = []
     for row, (ids, start) in zip(tail_logits, sequences, strict=True):

@@ -90,14 +90,17 @@ def convert_gguf_to_safetensors(
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary cache directory
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(tmp, out_dir)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_converted(out_dir):  # another process finished first
-            return out_dir
-        raise
+        if not _is_converted(out_dir):  # else another process finished first
+            raise
     logger.info("converted %s in %.1f s", gguf_file, time.perf_counter() - began)
     return out_dir
 
@@ -105,7 +108,7 @@ def convert_gguf_to_safetensors(
 def load_causal_lm(
     model: str | None = None, cache_dir: str | os.PathLike[str] | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """``(model, tokenizer)`` in eval mode, float32.
+    """``(model, tokenizer)``, the model in eval mode (SmolLM2 in float32).
 
     ``model`` None or ``"smollm2"`` loads SmolLM2-135M-Instruct, converted once into
     ``<cache_dir>/smollm2-135m-instruct`` (``cache_dir`` defaults to :func:`default_cache_dir`);

@@ -4,10 +4,10 @@ and allowance, and the result matches one process that sees the same global batc
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import bert_config, tiny_bert
 from torch.nn.parallel import DistributedDataParallel
 
 import lrlora
+from conftest import bert_config, tiny_bert
 
 STEPS, GLOBAL_BATCH = 6, 4
 

@@ -89,3 +89,13 @@ def tiny_bert_dir(tmp_path_factory) -> str:
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread: tiny models run several times faster without OpenMP hand-offs,
+    above all on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

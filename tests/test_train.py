@@ -16,6 +16,8 @@ from lrlora.runs import RunExistsError  # noqa: E402
 from lrlora.tasks import DataError  # noqa: E402
 from lrlora.train import NonFiniteLossError, TrainArgs, planned_steps, train  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 RUN_FILES = ["config.json", "metrics.json", "ranks.json", "history.json",
              "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
              "figures/rank_heatmap.png", "figures/rank_trajectory.png"]  # fmt: skip
@@ -39,7 +41,7 @@ def check_run_dir(run: Path, method: str) -> dict:
     assert not missing
     assert not [p.name for p in run.parent.iterdir() if p.name.startswith(f".{run.name}.tmp")]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert METRIC_KEYS <= set(metrics) and metrics["method"] == method
+    assert set(metrics) >= METRIC_KEYS and metrics["method"] == method
     ranks = json.loads((run / "ranks.json").read_text())
     assert len(ranks["layers"]) == N_TARGETS
     assert all(set(row) == ROW_KEYS for row in ranks["layers"])
@@ -87,7 +89,7 @@ def test_lrlora_regression_adapter_loads_in_peft(tiny_bert_dir, tmp_path):
     with torch.no_grad():
         preds = model(**batch).logits.squeeze(-1)
     pearson = compute_metrics("stsb", preds.numpy(), [r.label for r in rows])["pearson"]
-    assert pearson == pytest.approx(metrics["metrics"]["pearson"], abs=1e-3)
+    assert pearson == pytest.approx(metrics["metrics"]["pearson"], abs=0.05)  # in percent
 
 
 def test_refuses_to_overwrite_a_finished_run_unless_asked(tiny_bert_dir, tmp_path):
@@ -138,6 +140,6 @@ def test_bad_arguments_say_what_to_do(overrides, message):
 
 def test_defaults_and_derived_values():
     args = TrainArgs(budget_rank=3)
-    assert args.r_max == 6 and args.max_steps == 400 and args.method == "lr-lora"
+    assert args.r_max == 6 and args.max_steps == 600 and args.method == "lr-lora"
     assert args.run_dir == Path("runs/sst2-lr-lora-r3-s0")
     assert planned_steps(TrainArgs(epochs=2.0, batch_size=10), 95) == 20

@@ -4,6 +4,8 @@
   :class:`lrlora.train.TrainArgs` (name, type, default and help of every field).
 - ``report``: :func:`lrlora.runs.report` on a run directory.
 - ``demo``: :func:`lrlora.demo.run`, the teacher/student problem with known ranks.
+- ``bench``: :func:`lrlora.bench.quality.run_bench`, the quality matrix; its flags are
+  generated from :class:`lrlora.bench.quality.BenchArgs`.
 
 A subcommand is an entry of :data:`SUBCOMMANDS`: ``name -> Subcommand(help,
 add_arguments, run)``; ``run`` returns the exit status.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import types
 import typing
@@ -120,6 +123,22 @@ def _run_demo(namespace: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(parser: argparse.ArgumentParser) -> None:
+    from .bench.quality import BenchArgs
+
+    add_dataclass_arguments(parser, BenchArgs)
+
+
+def _run_bench(namespace: argparse.Namespace) -> int:
+    from .bench.quality import BenchArgs, run_bench
+
+    try:
+        args = dataclass_from_namespace(BenchArgs, namespace)
+    except ValueError as err:
+        return _error(str(err))
+    return run_bench(args)
+
+
 SUBCOMMANDS: dict[str, Subcommand] = {
     "train": Subcommand(
         "Fine-tune a model on a GLUE task with LR-LoRA or a baseline at one budget.",
@@ -133,6 +152,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "Learn the ranks of a teacher/student problem whose true ranks are known.",
         _add_demo,
         _run_demo,
+    ),
+    "bench": Subcommand(
+        "Run the quality matrix (tasks x methods x seeds, resumable) and write the report.",
+        _add_bench,
+        _run_bench,
     ),
 }
 
@@ -149,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds, so a run's temporary directory is removed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     namespace = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     return namespace._run(namespace)

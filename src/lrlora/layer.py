@@ -115,13 +115,17 @@ class LRLoRALinear(nn.Module):
         return self.alpha / torch.sqrt(r_eff.clamp_min(1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """y = W0 x + s * B (g * (A dropout(x)))."""
+        """y = W0 x + B (diag(s g) A) dropout(x)  (= W0 x + s * B (g * (A dropout(x))))."""
         y = self.base(x)
         if self.disabled or self.merged:
             return y
         g = self.gate()
-        h = F.linear(self.dropout(x), self.lora_A) * g  # (..., R)
-        return y + F.linear(h, self.lora_B) * self.scaling(g)
+        # Gate and scaling scale A's rows (R x d_in), not the activations: no elementwise pass
+        # over (..., R) or (..., d_out), nothing extra saved for backward.
+        a = self.lora_A * (g * self.scaling(g))[:, None]  # (R, d_in)
+        h = F.linear(self.dropout(x), a).reshape(-1, self.r_max)  # (N, R)
+        # y + h B^T in one kernel: (N, d_out)
+        return torch.addmm(y.reshape(-1, self.d_out), h, self.lora_B.T).view(y.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """s * B diag(g) A, shaped like the base weight (transposed for Conv1D)."""

@@ -230,10 +230,14 @@ def rank_trajectories(
     fig = _figure(9, 8.5)
     ax_rho, ax_tau, ax_params = fig.subplots(3, 1, sharex=True, height_ratios=(3, 1, 1.5))
     _plot_rho(ax_rho, steps, trajectory, rows)
-    taus = [p["tau"] for p in trajectory]
-    ax_tau.plot(steps, taus, color="tab:purple")
-    if min(taus) > 0 and max(taus) / min(taus) >= 10:
-        ax_tau.set_yscale("log")
+    taus = [p.get("tau") for p in trajectory]
+    if None in taus:  # a baseline's points (lrlora.methods): no gate, no temperature
+        ax_tau.text(0.5, 0.5, "no gate temperature (not an LR-LoRA run)", ha="center",
+                    va="center", transform=ax_tau.transAxes, color="0.4")  # fmt: skip
+    else:
+        ax_tau.plot(steps, taus, color="tab:purple")
+        if min(taus) > 0 and max(taus) / min(taus) >= 10:
+            ax_tau.set_yscale("log")
     ax_tau.set_ylabel("tau (gate temperature)")
     _plot_params(ax_params, steps, trajectory)
     ax_params.set_xlabel("optimizer step")

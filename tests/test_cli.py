@@ -1,0 +1,107 @@
+"""The `lrlora` command: help for every subcommand, flags generated from TrainArgs, errors
+reported without a traceback (exit 2), `train` then `report` on a tiny model."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lrlora.cli import SUBCOMMANDS, build_parser, main
+from lrlora.train import TrainArgs
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+def lrlora(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lrlora", *argv], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+
+
+def test_help_lists_every_subcommand():
+    result = lrlora("--help")
+    assert result.returncode == 0
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("command", list(SUBCOMMANDS))
+def test_every_subcommand_has_help(command):
+    result = lrlora(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f"usage: lrlora {command}" in result.stdout
+
+
+def test_train_flags_come_from_train_args(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(TrainArgs):
+        assert "--" + f.name.replace("_", "-") in text
+        assert " ".join(f.metadata["help"].split()[:4]) in text
+    namespace = build_parser().parse_args(
+        ["train", "--overwrite", "--target-modules", "query", "value", "--lr", "0.01"]
+    )
+    assert (namespace.overwrite, namespace.target_modules, namespace.lr) == (
+        True, ["query", "value"], 0.01)  # fmt: skip
+    assert not hasattr(namespace, "seed")  # unset flags leave the dataclass default
+
+
+def test_bad_argument_values_exit_2(capsys):
+    assert main(["train", "--budget-rank", "9", "--r-max", "8"]) == 2
+    assert "choose --budget-rank in [1, 8]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--method", "sora"])
+    assert exit_info.value.code == 2
+
+
+def test_missing_data_file_is_reported_without_traceback(tmp_path, capsys):
+    (tmp_path / "glue").mkdir()
+    code = main(["train", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error:" in err and "glue/sst2/train.tsv" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_target_modules_are_reported(tiny_bert_dir, tmp_path, capsys):
+    argv = ["train", "--model", tiny_bert_dir, "--target-modules", "q_proj",
+            "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "matched no" in err and "query" in err and "Traceback" not in err
+
+
+def test_train_then_report(tiny_bert_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--model", tiny_bert_dir, "--output-dir", str(run), "--max-steps", "4",
+            "--batch-size", "4", "--train-limit", "16", "--eval-limit", "8",
+            "--budget-rank", "2", "--log-ranks-every", "2"]  # fmt: skip
+    assert main(argv) == 0
+    summary = capsys.readouterr().out
+    assert "sst2 dev (8 rows), lr-lora: accuracy" in summary
+    assert "of LoRA at rank 2" in summary and "attention mean" in summary
+    assert main(argv) == 2  # a finished run is never overwritten silently
+    assert "--overwrite" in capsys.readouterr().err
+
+    for png in (run / "figures").iterdir():
+        png.unlink()
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == "\n".join(summary.strip().splitlines()[-6:])
+    assert sorted(p.name for p in (run / "figures").iterdir()) == [
+        "rank_heatmap.png", "rank_trajectory.png"]  # fmt: skip
+
+
+def test_report_on_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a finished lrlora run directory" in capsys.readouterr().err
+
+
+def test_demo_prints_its_rank_report(capsys):
+    assert main(["demo", "--steps", "30"]) == 0
+    assert "total adapter parameters" in capsys.readouterr().out

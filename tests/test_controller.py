@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import lrlora
-from conftest import bert_config, tiny_bert
+from tiny import bert_config, tiny_bert
 from lrlora import demo
 from lrlora.controller import allowance, temperature
 

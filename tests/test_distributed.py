@@ -7,7 +7,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import lrlora
-from conftest import bert_config, tiny_bert
+from tiny import bert_config, tiny_bert
 
 STEPS, GLOBAL_BATCH = 6, 4
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lrlora
-from conftest import bert_config, tiny_bert, tiny_gpt2
+from tiny import bert_config, tiny_bert, tiny_gpt2
 
 
 def _batches(n, seed=0):

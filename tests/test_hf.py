@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lrlora
-from conftest import bert_config, tiny_bert
+from tiny import bert_config, tiny_bert
 
 transformers = pytest.importorskip("transformers")
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import lrlora
-from conftest import BERT_TARGETS, bert_config, tiny_bert
+from tiny import BERT_TARGETS, bert_config, tiny_bert
 from lrlora.inject import matches
 
 

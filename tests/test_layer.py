@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import lrlora
-from conftest import bert_config, randomize_adapters, tiny_bert, tiny_gpt2
+from tiny import bert_config, randomize_adapters, tiny_bert, tiny_gpt2
 from lrlora.layer import LRLoRALinear
 
 

@@ -165,7 +165,7 @@ class LRLoRALinear(nn.Module):
         return self.lora_B.norm(dim=0) * self.lora_A.norm(dim=1) * self.gate()
 
     @torch.no_grad()
-    def rebalance(self) -> None:
+    def rebalance(self, generator: torch.Generator | None = None) -> None:
         """Re-factor B diag(g) A so that components stand in order of singular value.
 
         B = Q_B R_B and A^T = Q_A R_A (thin QR); the SVD of the R x R core
@@ -173,6 +173,8 @@ class LRLoRALinear(nn.Module):
         RMS row norm of A, so B' A' = B diag(g) A exactly and any truncation of the new
         factors is the best low-rank approximation of the update. Keeping A's rows at their
         usual size (rather than S^1/2 on both sides) keeps weak components trainable.
+        Rows of A beyond the core's rank are drawn afresh from ``generator`` (a CPU
+        generator; default: torch's global one).
         """
         if self.hardened or self.merged or not torch.any(self.lora_B):
             return
@@ -183,7 +185,8 @@ class LRLoRALinear(nn.Module):
         u, s, vh = torch.linalg.svd((r_b * g) @ r_a.T)  # k = min(k_b, k_a) components
         k = s.numel()
         c = a.norm(dim=1).pow(2).mean().sqrt().clamp_min(1e-12)
-        new_a = torch.randn_like(a) * c / math.sqrt(self.d_in)  # rows beyond k: fresh, B = 0
+        noise = torch.randn(a.shape, generator=generator, dtype=a.dtype).to(a.device)
+        new_a = noise * c / math.sqrt(self.d_in)  # rows beyond k: fresh, B = 0
         new_b = torch.zeros_like(b)
         new_a[:k] = c * vh[:k] @ q_a.T
         new_b[:, :k] = q_b @ (u[:, :k] * s) / c

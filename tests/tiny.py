@@ -1,0 +1,60 @@
+"""Tiny models built from configs (no downloads), imported by the tests as ``tiny``."""
+
+from __future__ import annotations
+
+import torch
+
+import lrlora
+
+BERT_TARGETS = [
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+]
+
+
+def tiny_bert(seed: int = 0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def tiny_gpt2(seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    return GPT2LMHeadModel(config).eval()
+
+
+def bert_config(**overrides) -> lrlora.LRLoRAConfig:
+    settings = dict(
+        target_modules=BERT_TARGETS,
+        modules_to_save=["classifier"],
+        r_max=4,
+        budget_rank=2,
+        rebalance_every=5,
+    )
+    settings.update(overrides)
+    return lrlora.LRLoRAConfig(**settings)
+
+
+def randomize_adapters(model, seed: int = 0) -> None:
+    """Give B non-zero values so that the adapter changes the output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in lrlora.lora_layers(model):
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen) * 0.1)

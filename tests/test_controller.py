@@ -2,9 +2,9 @@ import pytest
 import torch
 
 import lrlora
-from tiny import bert_config, tiny_bert
 from lrlora import demo
 from lrlora.controller import allowance, temperature
+from tiny import bert_config, tiny_bert
 
 
 def test_temperature_is_a_pure_monotone_schedule():
@@ -116,3 +116,18 @@ def test_teacher_student_ranks_come_out_ordered_like_the_truth():
     ranks = [row["hard_rank"] for row in rows]
     assert ranks[0] < ranks[1] < ranks[2], ranks
     assert sum(row["params"] for row in rows) <= 10 * 32  # budget: 10 ranks of 16 + 16
+
+
+def test_budget_is_filled_not_only_capped():
+    """With fill_budget the soft size sits on the allowance; as a cap it may fall below."""
+    model = lrlora.inject(tiny_bert(), bert_config(init_rank=2, rank_lr=0.2))
+    controller = _train(model, steps=6)
+    summary = controller.summary()
+    assert summary["soft_params"] == pytest.approx(controller.allowance, rel=1e-6)
+    with torch.no_grad():
+        for _, layer in lrlora.lora_layers(model):
+            layer.rho.sub_(1.0)  # give rank away; the next step hands it back
+    controller.optimizer.zero_grad()
+    controller.step()
+    assert controller.summary()["soft_params"] == pytest.approx(controller.allowance, rel=1e-6)
+    assert controller.lam < 0  # the shift went up

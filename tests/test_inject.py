@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import lrlora
-from tiny import BERT_TARGETS, bert_config, tiny_bert
 from lrlora.inject import matches
+from tiny import BERT_TARGETS, bert_config, tiny_bert
 
 
 def test_matching_follows_peft_semantics():

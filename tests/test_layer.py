@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 import lrlora
-from tiny import bert_config, randomize_adapters, tiny_bert, tiny_gpt2
 from lrlora.layer import LRLoRALinear
+from tiny import bert_config, randomize_adapters, tiny_bert, tiny_gpt2
 
 
 def test_output_equals_base_at_init(tokens):

@@ -69,6 +69,11 @@ class LRLoRAConfig:
     decay_end_frac: float = _help(
         "Fraction of training by which the allowance has decayed (cubically) to the budget.", 0.7
     )
+    fill_budget: bool = _help(
+        "Budget mode: project rho onto the allowance from both sides, so rank one layer "
+        "gives up goes to the others; False makes the allowance only a cap.",
+        True,
+    )
     rebalance_every: int = _help(
         "Every N optimizer steps up to decay_end_frac, re-order each layer's components by "
         "singular value so that the gate closes on the weakest; 0 turns it off.",

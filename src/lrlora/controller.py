@@ -13,6 +13,14 @@ Use it from any training loop; the only contract is one ``step()`` per optimizer
 
 Gradient accumulation is harmless: the rank cost is applied once per optimizer step
 (the penalty through an optimizer pre-step hook, the budget by projection in ``step``).
+
+Data-parallel training: under DDP rho's gradient is averaged with the others; FSDP2
+cannot shard the 0-dim rho, so it is left out of ``fully_shard`` (``ignored_params``) and
+the controller averages its gradient in an optimizer pre-step hook. Either way every
+process computes the same rho, tau and allowance (DESIGN.md property 8), and ``step``
+checks it: under ``torch.distributed`` it compares them across processes and raises
+:class:`ReplicaMismatchError` if any differ. Re-balancing and hardening need the whole
+A and B, which FSDP2 shards: under FSDP2 they refuse (harden a gathered, unsharded copy).
 """
 
 from __future__ import annotations
@@ -21,15 +29,33 @@ import math
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .config import LRLoRAConfig
 from .inject import config_of, lora_layers
 from .layer import LRLoRALinear
 
+try:  # FSDP2 shards parameters as DTensors
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch built without distributed support
+    DTensor = None
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    return DTensor is not None and isinstance(tensor, DTensor)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
 
 class ControllerNotSteppedError(RuntimeError):
     """Raised when ranks are hardened or exported but the controller never ran."""
+
+
+class ReplicaMismatchError(RuntimeError):
+    """Data-parallel processes hold different rho, tau or allowance (DESIGN property 8)."""
 
 
 def temperature(step: int, total: int, start: float, end: float, shape: str = "cosine") -> float:
@@ -87,6 +113,8 @@ class RankController:
         self.target_params = float(model.lrlora_reference_rank * costs.sum())
         self._set_tau(self.tau)
         self.initial_params = self._soft_cost(self._rhos(), self.tau)
+        if optimizer is not None:
+            optimizer.register_step_pre_hook(lambda *_: self.average_rank_gradients())
         if optimizer is not None and self.config.rank_mode == "penalty":
             optimizer.register_step_pre_hook(lambda *_: self.apply_penalty())
 
@@ -121,6 +149,14 @@ class RankController:
     def _rhos(self) -> torch.Tensor:
         return torch.stack([layer.rho.detach().double().cpu() for layer in self.layers])
 
+    def _refuse_sharded(self, what: str) -> None:
+        if any(is_sharded(layer.lora_A) for layer in self.layers):
+            raise NotImplementedError(
+                f"{what} needs the full adapter factors, which FSDP2 shards: under FSDP2 train "
+                "in budget mode with rebalance_every=0, then gather the model's full state dict "
+                "and harden an unsharded copy (README, 'Scaling out')."
+            )
+
     def _soft_ranks(self, rhos: torch.Tensor, tau: float) -> torch.Tensor:
         index = torch.arange(self.config.r_max, dtype=torch.float64) + 0.5
         return torch.sigmoid((rhos[:, None] - index) / tau).sum(dim=1)
@@ -144,6 +180,20 @@ class RankController:
             layer.rho.grad = push if layer.rho.grad is None else layer.rho.grad + push
 
     @torch.no_grad()
+    def average_rank_gradients(self) -> None:
+        """Under FSDP2 (A and B sharded, rho left out): average rho's gradient across
+        processes, as FSDP2 does for the parameters it manages. DDP needs nothing here."""
+        if not _distributed() or not any(is_sharded(layer.lora_A) for layer in self.layers):
+            return
+        grads = torch.stack(
+            [torch.zeros_like(layer.rho) if layer.rho.grad is None else layer.rho.grad
+             for layer in self.layers]
+        )  # fmt: skip
+        dist.all_reduce(grads)  # a sum: gloo has no average
+        for layer, grad in zip(self.layers, grads / dist.get_world_size(), strict=True):
+            layer.rho.grad = grad.clone()
+
+    @torch.no_grad()
     def step(self) -> None:
         """Call once after every ``optimizer.step()``."""
         self.step_count += 1
@@ -155,22 +205,27 @@ class RankController:
             layer.rho.fill_(float(rho))
             layer.steps.fill_(self.step_count)
         self._set_tau(tau)
+        self._check_replicas(rhos)
         if self._rebalance_due():
             self.rebalance()
 
     def _project(self, rhos: torch.Tensor, tau: float, budget: float) -> torch.Tensor:
-        """Shift every rho down by delta * w_l, delta >= 0 found by bisection, so that the
-        soft cost equals the allowance (Euclidean projection, to first order)."""
+        """Shift every rho by -delta * w_l, delta found by bisection, so that the soft cost
+        equals the allowance (Euclidean projection, to first order). With ``fill_budget``
+        delta may be negative: rank that one layer gives up goes to the others; without it
+        the allowance is only a cap."""
         r_max = self.config.r_max
 
         def shifted(delta: float) -> torch.Tensor:
             return (rhos - delta * self.weights).clamp(0.0, r_max)
 
         self.last_shift = 0.0
-        if self._soft_cost(rhos, tau) <= budget:
+        cost = self._soft_cost(rhos, tau)
+        if cost == budget or (cost < budget and not self.config.fill_budget):
             return rhos
-        lo, hi = 0.0, r_max / float(self.weights.min())
-        for _ in range(60):
+        bound = r_max / float(self.weights.min())
+        lo, hi = (0.0, bound) if cost > budget else (-bound, 0.0)
+        for _ in range(60):  # the cost falls as delta grows; keep cost(hi) <= budget
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if self._soft_cost(shifted(mid), tau) > budget else (lo, mid)
         self.last_shift = hi
@@ -181,11 +236,35 @@ class RankController:
         end = self.config.decay_end_frac * self.total_steps
         return every > 0 and self.step_count % every == 0 and self.step_count <= end
 
+    def _check_replicas(self, rhos: torch.Tensor) -> None:
+        """Under torch.distributed: raise unless every process holds the same rho, tau and
+        allowance (one all-reduce of max(v) and max(-v) = -min(v))."""
+        if not _distributed():
+            return
+        values = torch.cat([rhos, torch.tensor([self.tau, self.allowance], dtype=torch.float64)])
+        device = self.layers[0].lora_A.device  # NCCL reduces device tensors only
+        extremes = torch.stack([values, -values]).to(device)
+        dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
+        spread = (extremes[0] + extremes[1]).cpu()  # max - min across processes
+        if bool((spread > 0).any()):
+            names = [*self.names, "tau", "allowance"]
+            differ = [names[i] for i in torch.nonzero(spread).flatten().tolist()]
+            raise ReplicaMismatchError(
+                f"data-parallel processes disagree at controller step {self.step_count} on "
+                f"{differ[:5]} (spread up to {float(spread.max()):.3g}): rho must get the same "
+                "averaged gradient on every process. Wrap the model with DDP/FSDP after "
+                "lrlora.inject, keep rho trainable and step the controller on every process."
+            )
+
     @torch.no_grad()
     def rebalance(self) -> None:
-        """Re-order every layer's components by singular value; reset their Adam moments."""
+        """Re-order every layer's components by singular value; reset their Adam moments.
+        Fresh components come from a generator seeded with the step, so every data-parallel
+        process, and a resumed run, draws the same ones."""
+        self._refuse_sharded("re-balancing")
+        generator = torch.Generator().manual_seed(self.step_count)
         for layer in self.layers:
-            layer.rebalance()
+            layer.rebalance(generator)
             if self.optimizer is not None:
                 for param in (layer.lora_A, layer.lora_B):
                     self.optimizer.state.pop(param, None)
@@ -193,7 +272,8 @@ class RankController:
     # -- reading the ranks ------------------------------------------------------------------
     def soft_ranks(self) -> dict[str, float]:
         return {
-            n: float(layer.soft_rank()) for n, layer in zip(self.names, self.layers, strict=True)
+            n: float(layer.soft_rank().detach())
+            for n, layer in zip(self.names, self.layers, strict=True)
         }
 
     def hard_ranks(self) -> dict[str, int]:
@@ -222,6 +302,7 @@ class RankController:
     @torch.no_grad()
     def harden(self) -> dict[str, int]:
         """Fix every layer's rank to its open gates, trimmed to the budget; returns ranks."""
+        self._refuse_sharded("hardening")
         if self.step_count == 0:
             raise ControllerNotSteppedError(
                 "the RankController was never stepped, so no rank was learned: call "

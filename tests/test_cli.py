@@ -18,9 +18,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+
 def lrlora(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lrlora", *argv], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "lrlora", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def test_help_lists_every_subcommand():

@@ -1,7 +1,13 @@
 """lrlora: LoRA adapters whose rank is learned per layer during training (LR-LoRA)."""
 
 from .config import LRLoRAConfig
-from .controller import ControllerNotSteppedError, RankController, allowance, temperature
+from .controller import (
+    ControllerNotSteppedError,
+    RankController,
+    ReplicaMismatchError,
+    allowance,
+    temperature,
+)
 from .export import export_peft, load, merge, resume, save
 from .inject import disable_adapters, inject, lora_layers, optimizer_groups
 from .layer import LRLoRALinear
@@ -14,6 +20,7 @@ __all__ = [
     "LRLoRAConfig",
     "LRLoRALinear",
     "RankController",
+    "ReplicaMismatchError",
     "allowance",
     "disable_adapters",
     "export_peft",

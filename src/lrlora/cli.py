@@ -6,6 +6,8 @@
 - ``demo``: :func:`lrlora.demo.run`, the teacher/student problem with known ranks.
 - ``bench``: :func:`lrlora.bench.quality.run_bench`, the quality matrix; its flags are
   generated from :class:`lrlora.bench.quality.BenchArgs`.
+- ``bench-speed``: :func:`lrlora.bench.speed.run_speed_bench`, step time and memory
+  against the baselines; its flags are generated from :class:`lrlora.bench.speed.SpeedArgs`.
 
 A subcommand is an entry of :data:`SUBCOMMANDS`: ``name -> Subcommand(help,
 add_arguments, run)``; ``run`` returns the exit status.
@@ -139,6 +141,28 @@ def _run_bench(namespace: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _add_bench_speed(parser: argparse.ArgumentParser) -> None:
+    from .bench.speed import SpeedArgs
+
+    add_dataclass_arguments(parser, SpeedArgs)
+
+
+def _run_bench_speed(namespace: argparse.Namespace) -> int:
+    from .bench.speed import SpeedArgs, run_speed_bench
+
+    try:
+        args = dataclass_from_namespace(SpeedArgs, namespace)
+    except ValueError as err:
+        return _error(str(err))
+    try:
+        record = run_speed_bench(args)
+    except FileNotFoundError as err:  # --report-only before any run
+        return _error(str(err))
+    for target in record["targets"]:
+        print(f"{'met' if target['met'] else 'MISSED'}: {target['target']}: {target['detail']}")
+    return 0
+
+
 SUBCOMMANDS: dict[str, Subcommand] = {
     "train": Subcommand(
         "Fine-tune a model on a GLUE task with LR-LoRA or a baseline at one budget.",
@@ -157,6 +181,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "Run the quality matrix (tasks x methods x seeds, resumable) and write the report.",
         _add_bench,
         _run_bench,
+    ),
+    "bench-speed": Subcommand(
+        "Time training steps and inference of LR-LoRA against LoRA, AdaLoRA and DoRA.",
+        _add_bench_speed,
+        _run_bench_speed,
     ),
 }
 

@@ -153,8 +153,8 @@ class RankController:
         if any(is_sharded(layer.lora_A) for layer in self.layers):
             raise NotImplementedError(
                 f"{what} needs the full adapter factors, which FSDP2 shards: under FSDP2 train "
-                "in budget mode with rebalance_every=0, then gather the model's full state dict "
-                "and harden an unsharded copy (README, 'Scaling out')."
+                "with rebalance_every=0, then gather the model's full state dict and harden an "
+                "unsharded copy (README, 'Scaling out')."
             )
 
     def _soft_ranks(self, rhos: torch.Tensor, tau: float) -> torch.Tensor:
@@ -252,8 +252,9 @@ class RankController:
             raise ReplicaMismatchError(
                 f"data-parallel processes disagree at controller step {self.step_count} on "
                 f"{differ[:5]} (spread up to {float(spread.max()):.3g}): rho must get the same "
-                "averaged gradient on every process. Wrap the model with DDP/FSDP after "
-                "lrlora.inject, keep rho trainable and step the controller on every process."
+                "averaged gradient on every process. Wrap the model with DDP after "
+                "lrlora.inject (FSDP2: leave rho out with ignored_params and give the controller "
+                "the optimizer) and step the controller on every process."
             )
 
     @torch.no_grad()

@@ -108,14 +108,27 @@ def save(
         if controller is not None:
             write_json_atomic(tmp / "controller.json", controller.state_dict())
         if optimizer is not None:
-            tensors, rest = _split_optimizer_state(optimizer.state_dict())
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
-            write_json_atomic(tmp / "optimizer.json", rest)
+            save_optimizer(optimizer, tmp)
         publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """``optimizer.safetensors`` (its tensors) and ``optimizer.json`` (the rest) in
+    ``directory``; nothing pickled."""
+    tensors, rest = _split_optimizer_state(optimizer.state_dict())
+    save_file(tensors, str(directory / "optimizer.safetensors"))
+    write_json_atomic(directory / "optimizer.json", rest)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Restore an optimizer written by :func:`save_optimizer`."""
+    rest = json.loads((directory / "optimizer.json").read_text())
+    tensors = load_file(str(directory / "optimizer.safetensors"))
+    optimizer.load_state_dict(_join_optimizer_state(tensors, rest))
 
 
 def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -184,10 +197,7 @@ def resume(
     meta = read_meta(path)
     _load_adapter_tensors(model, path)
     if optimizer is not None:
-        rest = json.loads((path / "optimizer.json").read_text())
-        optimizer.load_state_dict(
-            _join_optimizer_state(load_file(str(path / "optimizer.safetensors")), rest)
-        )
+        load_optimizer(optimizer, path)
     if controller is not None:
         controller.load_state_dict(json.loads((path / "controller.json").read_text()))
     return meta["extra"]

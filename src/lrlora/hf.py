@@ -20,15 +20,29 @@ class LRLoRACallback(TrainerCallback):
         optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-3))
         trainer = Trainer(model, args, ..., optimizers=(optimizer, None),
                           callbacks=[LRLoRACallback()])
+
+    A ``controller`` given here (built on the unwrapped model, for ``max_steps`` steps) is
+    used instead of a new one, e.g. to restore its state before training resumes.
+    Under DDP/FSDP (torchrun, accelerate launch) every process runs the callback; the
+    callback handler hands it the unwrapped model, so the controller sees the adapters.
     """
 
-    def __init__(self, harden_at_end: bool = True, log_every: int = 0) -> None:
-        self.controller: RankController | None = None
+    def __init__(
+        self,
+        harden_at_end: bool = True,
+        log_every: int = 0,
+        controller: RankController | None = None,
+    ) -> None:
+        self.controller = controller
         self.harden_at_end = harden_at_end
         self.log_every = log_every
         self.trajectory: list[dict[str, Any]] = []
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        from accelerate.optimizer import AcceleratedOptimizer
+
+        if isinstance(optimizer, AcceleratedOptimizer):  # the controller hooks the real one
+            optimizer = optimizer.optimizer
         if self.controller is None or self.controller.total_steps != state.max_steps:
             self.controller = RankController(model, optimizer, total_steps=state.max_steps)
 

@@ -8,12 +8,14 @@
 
 Every method reports its ranks as rows with the keys of :func:`lrlora.rank_report`
 (``name, kind, role, depth, r_max, rho, hard_rank, params``) and trajectory points with
-``step``, ``rho`` and ``hard_rank`` per layer (LR-LoRA adds tau, lambda, allowance and sizes).
+``step``, ``rho`` and ``hard_rank`` per layer (LR-LoRA adds tau, lambda, allowance and sizes),
+and saves/restores its trainable state for checkpoints (:mod:`lrlora.checkpoint`).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -50,6 +52,12 @@ class Method(Protocol):
     def export(self, path: os.PathLike, base_model: str) -> None:
         """Write the adapter as a stock PEFT adapter directory."""
 
+    def save_state(self, path: Path) -> None:
+        """Write the trainable state (and the method's own, e.g. the rank controller)."""
+
+    def load_state(self, path: Path) -> None:
+        """Restore what :meth:`save_state` wrote into the same (injected) model."""
+
 
 def default_alpha(args: TrainArgs) -> float:
     """The alpha that gives LR-LoRA the baselines' scaling (alpha / budget rank = 2)."""
@@ -57,9 +65,19 @@ def default_alpha(args: TrainArgs) -> float:
 
 
 class LRLoRAMethod:
-    """LR-LoRA in budget mode: the budget is LoRA at ``budget_rank``, ceiling ``r_max``."""
+    """LR-LoRA in budget mode: the budget is LoRA at ``budget_rank``, ceiling ``r_max``.
+    The rank controller is built here, on the unwrapped model, so that a checkpoint can
+    restore it before training starts."""
 
-    def __init__(self, model: nn.Module, args: TrainArgs, targets: list[str], heads: list[str]):
+    def __init__(
+        self,
+        model: nn.Module,
+        args: TrainArgs,
+        targets: list[str],
+        heads: list[str],
+        total_steps: int,
+    ):
+        from .controller import RankController
         from .hf import LRLoRACallback
 
         config = LRLoRAConfig(
@@ -72,12 +90,14 @@ class LRLoRAMethod:
             dropout=args.dropout,
             rank_lr=args.rank_lr,
             rebalance_every=args.rebalance_every,
+            fill_budget=args.fill_budget,
         )
         torch.manual_seed(args.seed)
         self.model = inject(model, config)
         groups = optimizer_groups(self.model, args.lr, args.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=args.lr)
-        self.callback = LRLoRACallback()
+        self.controller = RankController(self.model, self.optimizer, total_steps=total_steps)
+        self.callback = LRLoRACallback(controller=self.controller)
         self.callbacks = [self.callback]
 
     def ranks_now(self) -> dict[str, Any]:
@@ -103,6 +123,16 @@ class LRLoRAMethod:
         from .export import export_peft
 
         export_peft(self.model, path, base_model_name_or_path=base_model, task_type="SEQ_CLS")
+
+    def save_state(self, path: Path) -> None:
+        from .export import save
+
+        save(self.model, path, controller=self.controller)
+
+    def load_state(self, path: Path) -> None:
+        from .export import resume
+
+        resume(path, self.model, controller=self.controller)
 
 
 class PeftMethod:
@@ -165,11 +195,27 @@ class PeftMethod:
     def export(self, path: os.PathLike, base_model: str) -> None:
         self.model.save_pretrained(path)
 
+    def save_state(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        path.mkdir(parents=True, exist_ok=True)
+        params = self.model.named_parameters()
+        trainable = {n: p.detach().contiguous().cpu() for n, p in params if p.requires_grad}
+        save_file(trainable, str(path / "trainable.safetensors"))
+
+    @torch.no_grad()
+    def load_state(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        params = dict(self.model.named_parameters())
+        for name, value in load_file(str(path / "trainable.safetensors")).items():
+            params[name].copy_(value)
+
 
 def attach(
     model: nn.Module, args: TrainArgs, targets: list[str], heads: list[str], total_steps: int
 ) -> Method:
     """Put ``args.method``'s adapters on ``model`` (in place) and return the method."""
     if args.method == "lr-lora":
-        return LRLoRAMethod(model, args, targets, heads)
+        return LRLoRAMethod(model, args, targets, heads, total_steps)
     return PeftMethod(model, args, targets, heads, total_steps)

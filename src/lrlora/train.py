@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import shutil
 import time
@@ -30,6 +31,8 @@ from .tasks import TASKS, DataError, Example, compute_metrics, get_task, load_sp
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from .methods import Method
 
 METHODS = ("lr-lora", "lora", "adalora", "dora")
 DEFAULT_MAX_STEPS = 600
@@ -97,9 +100,14 @@ class TrainArgs:
     rank_lr: float = _from_lrlora("rank_lr")
     init_rank: float | None = _from_lrlora("init_rank")
     rebalance_every: int = _from_lrlora("rebalance_every")
+    fill_budget: bool = _from_lrlora("fill_budget")
     weight_decay: float = _help("AdamW weight decay (none on LR-LoRA's rho).", 0.0)
-    batch_size: int = _help("Training batch size.", 32)
-    eval_batch_size: int = _help("Evaluation batch size.", 64)
+    batch_size: int = _help(
+        "Training batch size per process: under torchrun / accelerate launch the global batch "
+        "is batch_size x processes.",
+        32,
+    )
+    eval_batch_size: int = _help("Evaluation batch size per process.", 64)
     max_steps: int | None = _help(
         f"Optimizer steps. Default: {DEFAULT_MAX_STEPS}, unless --epochs is given."
     )
@@ -119,6 +127,19 @@ class TrainArgs:
     eval_every: int = _help("Also evaluate every N steps during training; 0 = only at the end.", 0)
     log_every: int = _help("Log the training loss (and LR-LoRA's tau, lambda) every N steps.", 25)
     log_ranks_every: int = _help("Record every layer's rho and hard rank every N steps.", 25)
+    checkpoint_every: int = _help(
+        "Save a checkpoint every N optimizer steps into <output dir>.checkpoints/ (atomic; only "
+        "the latest is kept); 0 = never.",
+        0,
+    )
+    resume: bool = _help(
+        "Continue from the latest checkpoint of this run, if there is one, else start afresh. "
+        "The other flags must match the checkpoint's, except --lr and --rank-lr.",
+        False,
+    )
+    keep_checkpoints: bool = _help(
+        "Keep <output dir>.checkpoints/ after the run is published (default: delete it).", False
+    )
 
     def __post_init__(self) -> None:
         self._check_choices()
@@ -137,6 +158,11 @@ class TrainArgs:
             )
         if self.target_modules is not None and not self.target_modules:
             raise ValueError("target_modules is empty; leave it unset for the default.")
+        if self.method == "adalora" and (self.checkpoint_every or self.resume):
+            raise ValueError(
+                "adalora cannot be checkpointed (peft's rank allocator keeps its state outside "
+                "the model); drop --checkpoint-every / --resume or choose another method."
+            )
 
     def _check_budget(self) -> None:
         if self.budget_rank < 1:
@@ -164,7 +190,7 @@ class TrainArgs:
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
         positive = ("batch_size", "eval_batch_size")
-        non_negative = ("eval_every", "log_every", "log_ranks_every")
+        non_negative = ("eval_every", "log_every", "log_ranks_every", "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -185,19 +211,54 @@ class TrainArgs:
         default = f"runs/{self.task}-{self.method}-r{self.budget_rank}-s{self.seed}"
         return Path(self.output_dir or default)
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Checkpoints live beside the run directory, never inside it."""
+        return self.run_dir.with_name(self.run_dir.name + ".checkpoints")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss, or a trained parameter, became NaN or infinite.
 
-    def __init__(self, step: int, loss: float) -> None:
-        super().__init__(
-            f"training loss is {loss} at step {step}: training stopped and no run directory "
-            "was written. Lower --lr (or --rank-lr) or check the data."
-        )
-        self.step = step
+    Args:
+        step: the optimizer step it happened at.
+        loss: the loss, or None when parameters were found non-finite before a checkpoint.
+        bad: names of the trainable tensors holding NaN/inf (values, then gradients).
+        checkpoint: the last good checkpoint, if any.
+    """
+
+    def __init__(
+        self,
+        step: int,
+        loss: float | None,
+        bad: list[str] | None = None,
+        checkpoint: Path | None = None,
+    ) -> None:
+        what = "trained parameters are not finite" if loss is None else f"training loss is {loss}"
+        lines = [f"{what} at step {step}: training stopped and no run directory was written."]
+        if bad:
+            more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+            lines.append(f"Non-finite: {', '.join(bad[:4])}{more}.")
+        if checkpoint is not None:
+            lines.append(
+                f"The last good checkpoint is {checkpoint}: rerun the same command with --resume "
+                "and a lower --lr (or --rank-lr) to continue from it."
+            )
+        else:
+            lines.append("Lower --lr (or --rank-lr) or check the data.")
+        super().__init__(" ".join(lines))
+        self.step, self.bad, self.checkpoint = step, list(bad or []), checkpoint
+
+
+class ResumeError(ValueError):
+    """The checkpoint to resume from was written with other settings."""
+
+
+class LaunchError(RuntimeError):
+    """``lrlora train`` was launched in a way it does not support."""
 
 
 class ModelLoadError(OSError):
@@ -208,7 +269,15 @@ class TargetError(ValueError):
     """The target modules do not fit the model."""
 
 
-USER_ERRORS = (DataError, RunExistsError, NonFiniteLossError, ModelLoadError, TargetError)
+USER_ERRORS = (
+    DataError,
+    RunExistsError,
+    NonFiniteLossError,
+    ModelLoadError,
+    TargetError,
+    ResumeError,
+    LaunchError,
+)
 """Errors caused by input or settings; the CLI prints them without a traceback."""
 
 
@@ -309,7 +378,7 @@ class Setup:
 
     model_path: str
     tokenizer: Any
-    method: Any  # lrlora.methods.Method
+    method: Method
     train_set: list[dict[str, Any]]
     eval_set: list[dict[str, Any]]
     eval_split: str
@@ -322,10 +391,13 @@ class Setup:
 
 
 def planned_steps(args: TrainArgs, n_train: int) -> int:
-    """Optimizer steps: ``max_steps``, or ``epochs`` passes over ``n_train`` rows."""
+    """Optimizer steps: ``max_steps``, or ``epochs`` passes over ``n_train`` rows, each step
+    taking one batch on each of the processes torchrun / accelerate launch started."""
     if args.max_steps is not None:
         return args.max_steps
-    return max(1, math.ceil(args.epochs * math.ceil(n_train / args.batch_size)))
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    batches = math.ceil(math.ceil(n_train / args.batch_size) / processes)
+    return max(1, math.ceil(args.epochs * batches))
 
 
 def prepare(args: TrainArgs) -> Setup:
@@ -366,16 +438,19 @@ def predictions(task: str, logits: Any) -> Any:
     return logits.reshape(-1) if get_task(task).is_regression else logits.argmax(-1)
 
 
-def make_trainer(args: TrainArgs, setup: Setup, workdir: Path) -> Any:
-    """A :class:`~lrlora.trainer.FiniteLossTrainer` with the method's optimizer and callbacks
-    and a :class:`~lrlora.trainer.RankTrajectory` (``trainer.rank_trajectory``)."""
+def make_trainer(args: TrainArgs, setup: Setup) -> Any:
+    """A :class:`~lrlora.trainer.RunTrainer` with the method's optimizer and callbacks, a
+    :class:`~lrlora.trainer.RankTrajectory` (``trainer.rank_trajectory``) and, with
+    ``checkpoint_every``, checkpoints in ``args.checkpoint_dir`` (the Trainer's output_dir;
+    it writes nothing else there). Launched by torchrun or accelerate launch, the Trainer
+    wraps the model in DDP (gloo on CPU, NCCL on GPUs)."""
     import torch
     from transformers import DataCollatorWithPadding, TrainingArguments
 
-    from .trainer import FiniteLossTrainer, RankTrajectory
+    from .trainer import RankTrajectory, RunTrainer
 
     training_args = TrainingArguments(
-        output_dir=str(workdir),
+        output_dir=str(args.checkpoint_dir),
         max_steps=setup.total_steps,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.eval_batch_size,
@@ -389,7 +464,9 @@ def make_trainer(args: TrainArgs, setup: Setup, workdir: Path) -> Any:
         logging_nan_inf_filter=False,
         eval_strategy="steps" if args.eval_every else "no",
         eval_steps=args.eval_every or None,
-        save_strategy="no",
+        save_strategy="steps" if args.checkpoint_every else "no",
+        save_steps=args.checkpoint_every or 500,
+        ddp_find_unused_parameters=False,  # every trainable tensor takes part in every forward
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
@@ -400,7 +477,7 @@ def make_trainer(args: TrainArgs, setup: Setup, workdir: Path) -> Any:
         preds = predictions(args.task, prediction.predictions)
         return compute_metrics(args.task, preds, prediction.label_ids)
 
-    trainer = FiniteLossTrainer(
+    return RunTrainer(
         model=setup.method.model,
         args=training_args,
         train_dataset=setup.train_set,
@@ -409,15 +486,19 @@ def make_trainer(args: TrainArgs, setup: Setup, workdir: Path) -> Any:
         compute_metrics=metrics,
         optimizers=(setup.method.optimizer, None),
         callbacks=[*setup.method.callbacks, trajectory],
+        method=setup.method,
+        trajectory=trajectory,
+        run_args=args.to_dict(),
+        checkpoints=args.checkpoint_dir,
     )
-    trainer.rank_trajectory = trajectory
-    return trainer
 
 
-def fit_and_evaluate(args: TrainArgs, setup: Setup, workdir: Path) -> dict[str, Any]:
-    """Train, then evaluate the final (for LR-LoRA: hardened) model on the evaluation set."""
-    trainer = make_trainer(args, setup, workdir)
-    output = trainer.train()
+def fit_and_evaluate(
+    args: TrainArgs, setup: Setup, trainer: Any, resume_from: Path | None = None
+) -> dict[str, Any]:
+    """Train (from ``resume_from``, a checkpoint), then evaluate the final (for LR-LoRA:
+    hardened) model on the evaluation set."""
+    output = trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
     began = time.perf_counter()
     prediction = trainer.predict(setup.eval_set)
     preds = predictions(args.task, prediction.predictions)
@@ -430,6 +511,64 @@ def fit_and_evaluate(args: TrainArgs, setup: Setup, workdir: Path) -> dict[str, 
         "trajectory": trainer.rank_trajectory.points,
         "history": trainer.state.log_history,
     }
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+RESUME_MAY_CHANGE = (
+    *("resume", "overwrite", "keep_checkpoints", "checkpoint_every", "output_dir"),
+    *("lr", "rank_lr"),
+)
+"""TrainArgs fields a resumed run may change (the run's location, what happens to
+checkpoints, learning rates); any other difference is refused."""
+
+
+def check_checkpoints(args: TrainArgs) -> None:
+    """A fresh run (no ``resume``) does not start over an interrupted run's checkpoints
+    unless ``overwrite`` is given."""
+    from .checkpoint import latest
+
+    found = latest(args.checkpoint_dir)
+    if found is not None and not args.resume and not args.overwrite:
+        raise RunExistsError(
+            f"{found} is a checkpoint of an interrupted run: pass --resume to continue it or "
+            "--overwrite to start again."
+        )
+
+
+def resume_point(args: TrainArgs, world_size: int) -> Path | None:
+    """With ``resume``: the latest checkpoint (None: there is none, start afresh). Refuses
+    one written with other settings or another number of processes."""
+    from .checkpoint import latest, read_json
+
+    found = latest(args.checkpoint_dir) if args.resume else None
+    if found is None:
+        return None
+    saved, ours = read_json(found / "run.json"), args.to_dict()
+    changed = [
+        f"--{k.replace('_', '-')} {saved['args'].get(k)!r} (now {ours[k]!r})"
+        for k in ours
+        if k not in RESUME_MAY_CHANGE and saved["args"].get(k) != ours[k]
+    ]
+    if changed:
+        raise ResumeError(
+            f"{found} was written with {'; '.join(changed)}: resume with the same arguments "
+            "(only --lr and --rank-lr may change)."
+        )
+    if saved["world_size"] != world_size:
+        raise ResumeError(
+            f"{found} was written by {saved['world_size']} processes and this run has "
+            f"{world_size}: resume with as many (the data order and global batch depend on it)."
+        )
+    return found
+
+
+def tidy_checkpoints(args: TrainArgs, finished: bool) -> None:
+    """After a published run, delete the checkpoints unless ``keep_checkpoints``; after a
+    failure, keep them (or drop the directory if it holds none)."""
+    from .checkpoint import latest
+
+    if (finished and not args.keep_checkpoints) or latest(args.checkpoint_dir) is None:
+        shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
 
 
 def build_metrics(args: TrainArgs, setup: Setup, result: dict[str, Any]) -> dict[str, Any]:
@@ -484,20 +623,15 @@ def run_config(args: TrainArgs, setup: Setup) -> dict[str, Any]:
     return {"args": args.to_dict(), "resolved": resolved, "versions": versions, "command": command}
 
 
-def train(args: TrainArgs) -> dict[str, Any]:
-    """One run: train, evaluate, publish the run directory, print the summary; returns the
-    metrics. Nothing is published if any step fails."""
-    began = time.perf_counter()
+def publish_run(
+    args: TrainArgs, setup: Setup, result: dict[str, Any], metrics: dict[str, Any]
+) -> None:
+    """Write the run directory beside its final place, rename it into place and print the
+    summary."""
     final = args.run_dir
-    runs.check_run_dir(final, args.overwrite)  # fail before the expensive part
-    setup = prepare(args)
     staging = runs.staging_dir(final)
     try:
-        result = fit_and_evaluate(args, setup, staging / ".trainer")
-        shutil.rmtree(staging / ".trainer", ignore_errors=True)
-        metrics = build_metrics(args, setup, result)
         setup.method.export(staging / "adapter", setup.model_path)
-        metrics["wall_time_s"] = time.perf_counter() - began
         files = {
             "config.json": run_config(args, setup),
             "metrics.json": metrics,
@@ -509,4 +643,42 @@ def train(args: TrainArgs) -> dict[str, Any]:
     finally:
         runs.discard(staging)  # gone after publishing; on failure nothing is left behind
     print(runs.format_summary(final, runs.read_run(final)))
+
+
+def train(args: TrainArgs) -> dict[str, Any]:
+    """One run: train (with ``resume``, from the latest checkpoint), evaluate, publish the run
+    directory, print the summary; returns the metrics. Nothing is published if any step fails.
+
+    Under torchrun or accelerate launch every process runs this: all train (DDP) and all
+    evaluate (each a shard; the predictions are gathered, so every process computes the same
+    metrics); only the main process writes the run directory and prints the summary.
+    """
+    began = time.perf_counter()
+    runs.check_run_dir(args.run_dir, args.overwrite)  # fail before the expensive part
+    check_checkpoints(args)
+    setup = prepare(args)
+    trainer = make_trainer(args, setup)
+    if trainer.is_fsdp_enabled:
+        raise LaunchError(
+            "lrlora train shards nothing: launch it data-parallel (torchrun, or accelerate "
+            "launch without --use_fsdp); FSDP2 works through the library (README, 'Scaling out')."
+        )
+    main = trainer.is_world_process_zero()
+    if main and not args.resume:  # what check_checkpoints let through is stale
+        shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
+    finished = False
+    try:
+        resume_from = resume_point(args, trainer.args.world_size)
+        if main and resume_from is not None:
+            print(f"resuming from {resume_from}")
+        result = fit_and_evaluate(args, setup, trainer, resume_from)
+        metrics = build_metrics(args, setup, result)
+        metrics["wall_time_s"] = time.perf_counter() - began
+        if main:
+            publish_run(args, setup, result, metrics)
+        finished = True
+    finally:
+        if main:
+            tidy_checkpoints(args, finished)
+    trainer.accelerator.wait_for_everyone()  # the run directory exists when train() returns
     return metrics

@@ -140,6 +140,6 @@ def test_bad_arguments_say_what_to_do(overrides, message):
 
 def test_defaults_and_derived_values():
     args = TrainArgs(budget_rank=3)
-    assert args.r_max == 6 and args.max_steps == 600 and args.method == "lr-lora"
+    assert args.r_max == 6 and args.max_steps == 400 and args.method == "lr-lora"
     assert args.run_dir == Path("runs/sst2-lr-lora-r3-s0")
     assert planned_steps(TrainArgs(epochs=2.0, batch_size=10), 95) == 20

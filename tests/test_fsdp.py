@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import lrlora
-from tiny import bert_config, tiny_bert
+from tiny import bert_config, random_batches, tiny_bert
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 if not hasattr(fsdp, "fully_shard"):
@@ -21,12 +21,7 @@ STEPS, GLOBAL_BATCH = 6, 4
 
 
 def _batches():
-    gen = torch.Generator().manual_seed(0)
-    return [
-        (torch.randint(0, 100, (GLOBAL_BATCH, 10), generator=gen),
-         torch.randint(0, 2, (GLOBAL_BATCH,), generator=gen))
-        for _ in range(STEPS)
-    ]  # fmt: skip
+    return random_batches(STEPS, GLOBAL_BATCH)
 
 
 def _model():

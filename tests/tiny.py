@@ -58,3 +58,13 @@ def randomize_adapters(model, seed: int = 0) -> None:
     with torch.no_grad():
         for _, layer in lrlora.lora_layers(model):
             layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen) * 0.1)
+
+
+def random_batches(steps: int, batch: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    """``steps`` (tokens (batch, 10), labels (batch,)) pairs for the tiny BERT."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randint(0, 100, (batch, 10), generator=gen),
+         torch.randint(0, 2, (batch,), generator=gen))
+        for _ in range(steps)
+    ]  # fmt: skip

@@ -50,3 +50,21 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> str:
+    """A tiny Llama and a word-level tokenizer over the words of some commonsense rows (every
+    test set and the training splits), saved as a local causal-LM directory."""
+    from lrlora.tasks import resolve_data_dir
+    from lrlora.tasks.commonsense import COMMONSENSE_TASKS, TRAIN_TASKS, format_prompt, load_items
+    from tiny import make_tokenizer, tiny_llama
+
+    data_dir = resolve_data_dir()
+    items = [i for t in COMMONSENSE_TASKS for i in load_items(t, "test", data_dir, limit=50)]
+    items += [i for t in TRAIN_TASKS for i in load_items(t, "train", data_dir, limit=50)]
+    tokenizer = make_tokenizer([format_prompt(i.instruction) + i.output for i in items])
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

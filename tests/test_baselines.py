@@ -78,7 +78,7 @@ def test_errors():
     with pytest.raises(ValueError, match="total_steps"):
         make_peft_model(tiny_bert(), "adalora", 4, TARGETS, task_type="SEQ_CLS")
     with pytest.warns(UserWarning, match="orthogonality"):
-        make_peft_model(tiny_bert(), "adalora", 2, TARGETS, total_steps=10)
+        make_peft_model(tiny_bert(), "adalora", 2, TARGETS, total_steps=10, orth_reg_weight=0.1)
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
@@ -131,8 +131,9 @@ def check_adalora_pruned(peft_model, target_r):
 
 def test_adalora_plain_loop_prunes_to_target():
     peft_model = make_peft_model(
-        tiny_bert(), "adalora", 2, TARGETS, total_steps=10, task_type="SEQ_CLS", seed=0
-    )
+        tiny_bert(), "adalora", 2, TARGETS, total_steps=10, task_type="SEQ_CLS", seed=0,
+        orth_reg_weight=0.5,
+    )  # fmt: skip
     assert set(final_ranks(peft_model, "adalora").values()) == {3}
     data = batch()
     # the orthogonality penalty is added to the task loss

@@ -36,6 +36,7 @@ from lrlora.tasks.commonsense import (
     parse_answer,
 )
 from lrlora.tasks.data import DataError
+from tiny import make_tokenizer, tiny_llama
 
 transformers = pytest.importorskip("transformers")
 
@@ -177,28 +178,6 @@ def test_answer_parsing_follows_llm_adapters():
 # --- tokenization and labels --------------------------------------------------------------
 
 
-def make_tokenizer(texts: list[str], bos: bool = False):
-    """A word-level tokenizer over the words of ``texts``; BOS prepended when ``bos``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    split = pre_tokenizers.Whitespace()
-    words = sorted({w for text in texts for w, _ in split.pre_tokenize_str(text)})
-    vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<s>", "</s>", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = split
-    if bos:
-        backend.post_processor = processors.TemplateProcessing(
-            single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
-        )
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-    )
-
-
 INSTRUCTION = "Which gas do we breathe?\n\nAnswer1: oxygen Answer2: neon"
 OUTPUT = "the correct answer is answer1"
 
@@ -322,20 +301,7 @@ def toy_benchmark(tmp_path_factory):
         write_json(root, task, "test", task_rows)
     pairs = [(r["instruction"], r["output"]) for task_rows in rows.values() for r in task_rows]
     tok = make_tokenizer([format_prompt(i) + o for i, o in pairs])
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    model = transformers.LlamaForCausalLM(config)
+    model = tiny_llama(tok)
     batch = collate([build_training_example(tok, i, o, 128) for i, o in pairs], pad_token_id(tok))
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     for _ in range(100):

@@ -68,3 +68,46 @@ def random_batches(steps: int, batch: int = 4, seed: int = 0) -> list[tuple[torc
          torch.randint(0, 2, (batch,), generator=gen))
         for _ in range(steps)
     ]  # fmt: skip
+
+
+def make_tokenizer(texts: list[str], bos: bool = False):
+    """A word-level tokenizer over the words of ``texts``; BOS prepended when ``bos``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    split = pre_tokenizers.Whitespace()
+    words = sorted({w for text in texts for w, _ in split.pre_tokenize_str(text)})
+    vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<s>", "</s>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = split
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+
+
+def tiny_llama(tokenizer, seed: int = 0):
+    """A two-layer Llama (hidden 32) over ``tokenizer``'s vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)

@@ -172,6 +172,65 @@ def _predict_by_generation(
     return [parse_answer(item.task, text) for item, text in zip(items, texts, strict=True)]
 
 
+def accuracy_by_task(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[Item],
+    mode: str = "score",
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """Accuracy in percent on ``items``, per task (in order of first appearance), and the
+    tasks' unweighted ``"average"``.
+
+    ``batch_size`` is the number of questions per ``generate`` call and per progress report;
+    ``score`` mode runs one question at a time, its options as one batch.
+    """
+    if mode not in ("score", "generate"):
+        raise ValueError(f"mode must be 'score' or 'generate', got {mode!r}")
+    by_task: dict[str, list[Item]] = {}
+    for item in items:
+        by_task.setdefault(item.task, []).append(item)
+    if not by_task:
+        raise ValueError("no items to evaluate")
+    results: dict[str, float] = {}
+    with _eval_mode(model):
+        for task, task_items in by_task.items():
+            correct = 0
+            for start in range(0, len(task_items), batch_size):
+                batch = task_items[start : start + batch_size]
+                if mode == "score":
+                    predictions = [_predict_by_score(model, tokenizer, item) for item in batch]
+                else:
+                    predictions = _predict_by_generation(model, tokenizer, batch, max_new_tokens)
+                correct += sum(p == item.answer for p, item in zip(predictions, batch, strict=True))
+                if progress is not None:
+                    progress(task, start + len(batch), len(task_items))
+            results[task] = 100.0 * correct / len(task_items)
+    results["average"] = sum(results.values()) / len(results)
+    return results
+
+
+def load_test_items(
+    data_dir: str | os.PathLike[str],
+    tasks: Sequence[str] = COMMONSENSE_TASKS,
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[Item]:
+    """The test items of ``tasks``, each capped at ``limit`` (a subset drawn with ``seed``,
+    as :func:`~lrlora.tasks.commonsense.load_items` draws it)."""
+    if not tasks:
+        raise ValueError("no tasks to evaluate")
+    items = []
+    for task in tasks:
+        found = load_items(task, "test", data_dir, limit=limit, seed=seed)
+        if not found:
+            raise ValueError(f"{task}: no test items to evaluate (limit={limit})")
+        items += found
+    return items
+
+
 def evaluate_commonsense(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -186,30 +245,10 @@ def evaluate_commonsense(
 ) -> dict[str, float]:
     """Accuracy in percent on each task's test split and their unweighted ``"average"``.
 
-    ``limit`` and ``seed`` pick the same subset of each task as :func:`load_items`.
-    ``batch_size`` is the number of questions per ``generate`` call and per progress report;
-    ``score`` mode runs one question at a time, its options as one batch.
+    ``limit`` and ``seed`` pick the same subset of each task as :func:`load_items`; the
+    other arguments are :func:`accuracy_by_task`'s.
     """
     if mode not in ("score", "generate"):
         raise ValueError(f"mode must be 'score' or 'generate', got {mode!r}")
-    if not tasks:
-        raise ValueError("no tasks to evaluate")
-    results: dict[str, float] = {}
-    with _eval_mode(model):
-        for task in tasks:
-            items = load_items(task, "test", data_dir, limit=limit, seed=seed)
-            if not items:
-                raise ValueError(f"{task}: no test items to evaluate (limit={limit})")
-            correct = 0
-            for start in range(0, len(items), batch_size):
-                batch = items[start : start + batch_size]
-                if mode == "score":
-                    predictions = [_predict_by_score(model, tokenizer, item) for item in batch]
-                else:
-                    predictions = _predict_by_generation(model, tokenizer, batch, max_new_tokens)
-                correct += sum(p == item.answer for p, item in zip(predictions, batch, strict=True))
-                if progress is not None:
-                    progress(task, start + len(batch), len(items))
-            results[task] = 100.0 * correct / len(items)
-    results["average"] = sum(results.values()) / len(results)
-    return results
+    items = load_test_items(data_dir, tasks, limit, seed)
+    return accuracy_by_task(model, tokenizer, items, mode, batch_size, max_new_tokens, progress)

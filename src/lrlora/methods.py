@@ -99,6 +99,7 @@ class LRLoRAMethod:
         self.controller = RankController(self.model, self.optimizer, total_steps=total_steps)
         self.callback = LRLoRACallback(controller=self.controller)
         self.callbacks = [self.callback]
+        self.task_type = args.peft_task_type
 
     def ranks_now(self) -> dict[str, Any]:
         from .hf import snapshot
@@ -122,7 +123,7 @@ class LRLoRAMethod:
     def export(self, path: os.PathLike, base_model: str) -> None:
         from .export import export_peft
 
-        export_peft(self.model, path, base_model_name_or_path=base_model, task_type="SEQ_CLS")
+        export_peft(self.model, path, base_model_name_or_path=base_model, task_type=self.task_type)
 
     def save_state(self, path: Path) -> None:
         from .export import save
@@ -156,7 +157,7 @@ class PeftMethod:
             total_steps=total_steps,
             lora_alpha=args.alpha,
             lora_dropout=args.dropout,
-            task_type="SEQ_CLS",
+            task_type=args.peft_task_type,
             seed=args.seed,
         )
         self.optimizer = None

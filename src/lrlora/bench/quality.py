@@ -35,6 +35,8 @@ from .plan import (
     build_plan,
     choice_key,
     load_result,
+    zero_shot_id,
+    zero_shot_path,
 )
 from .suites import SUITES, Matrix, get_suite
 
@@ -190,6 +192,43 @@ def train_run(spec: RunSpec, plan: BenchPlan, args: BenchArgs) -> dict[str, Any]
     return result_record(spec, plan, targs, runs.read_run(targs.run_dir))
 
 
+def zero_shot_record(matrix: Matrix, task: str, args: BenchArgs) -> dict[str, Any]:
+    """Score the model without any adapter on the test questions every run of ``task`` is
+    scored on (the commonsense suite), as a result record."""
+    from ..causal import EVAL_SUBSET_SEED, evaluate
+    from ..lm_eval import load_test_items
+    from ..models import load_causal_lm
+    from ..tasks.data import resolve_data_dir
+
+    began = time.perf_counter()
+    sizing = matrix.sizing[task]
+    model, tokenizer = load_causal_lm(args.model)
+    items = load_test_items(
+        resolve_data_dir(args.data_dir), matrix.subscores, sizing.eval_limit, EVAL_SUBSET_SEED
+    )
+    scores = evaluate(model, tokenizer, items, mode="score")
+    return {
+        "id": zero_shot_id(matrix, task),
+        "stage": "zero-shot",
+        "suite": matrix.label,
+        "task": task,
+        "method": "zero-shot",
+        "status": "ok",
+        "score": scores["score"],
+        "metrics": {
+            "metrics": scores,
+            "eval_rows": len(items),
+            "eval_split": "test",
+            "wall_time_s": time.perf_counter() - began,
+        },  # fmt: skip
+        "model": args.model or "smollm2",
+        "versions": versions(),
+        "machine": machine(),
+        "command": command_line(),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 class ResultExistsError(FileExistsError):
     """A finished result is in the way and ``force`` is off."""
 
@@ -210,7 +249,7 @@ def _portable(resolved: dict[str, Any]) -> dict[str, Any]:
     out = dict(resolved)
     path = out.get("model_path")
     if isinstance(path, str) and path.startswith(site):
-        out["model_path"] = "<site-packages>" + path[len(site):]
+        out["model_path"] = "<site-packages>" + path[len(site) :]
     return out
 
 
@@ -253,17 +292,32 @@ def _run_all(specs: list[RunSpec], plan: BenchPlan, execute: Executor, force: bo
     return failed
 
 
-def run_matrix(args: BenchArgs, execute: Executor | None = None) -> list[str]:
-    """Run every pending run, task by task (tuning, then final); the report is rewritten
-    after each task that ran something. Returns the ids of runs that failed (they stay
-    pending)."""
+def _zero_shot(matrix: Matrix, task: str, args: BenchArgs, score_base: Callable) -> int:
+    """Score the base model of ``task`` once (a matrix with ``zero_shot``); 1 if it ran."""
+    path = zero_shot_path(args.results_path, matrix, task)
+    if not matrix.zero_shot or (load_result(path, zero_shot_id(matrix, task)) and not args.force):
+        return 0
+    print(f"\n[zero-shot] {zero_shot_id(matrix, task)}", flush=True)
+    record = score_base(matrix, task)
+    write_json_atomic(path, record)
+    print(f"{record['id']}: score {record['score']:.2f}", flush=True)
+    return 1
+
+
+def run_matrix(
+    args: BenchArgs, execute: Executor | None = None, score_base: Callable | None = None
+) -> list[str]:
+    """Run every pending run, task by task (the base model's zero-shot score where the
+    matrix asks for it, tuning, then final); the report is rewritten after each task that
+    ran something. Returns the ids of runs that failed (they stay pending)."""
     from .results_md import write_report
 
     matrix = args.matrix()
     execute = execute or (lambda spec, plan: train_run(spec, plan, args))
+    score_base = score_base or (lambda m, task: zero_shot_record(m, task, args))
     failed: list[str] = []
     for task in matrix.tasks:
-        ran = 0
+        ran = _zero_shot(matrix, task, args, score_base)
         for stage in (TUNE, FINAL):
             plan = build_plan(matrix, args.results_path)
             if stage == FINAL and plan.choices:

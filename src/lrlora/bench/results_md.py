@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import aggregate as agg
-from .plan import FINAL, TUNE, BenchPlan, format_lr
+from .plan import FINAL, TUNE, BenchPlan, format_lr, load_result, zero_shot_id, zero_shot_path
+from .suites import Matrix
 
 ROLE_NAMES = {
     "query": "query",
@@ -126,6 +127,15 @@ def _metric_names(tasks: tuple[str, ...]) -> str:
     return "; ".join(names)
 
 
+def _scored_on(m: Matrix) -> str:
+    if m.subscores:
+        return (
+            f"the {len(m.subscores)} test sets ({', '.join(m.subscores)}; the same seeded subset "
+            "of each for every run). Score = the unweighted mean of their accuracies, in percent."
+        )
+    return f"dev. Score = the mean of the task's metrics, in percent ({_metric_names(m.tasks)})."
+
+
 def _setup(plan: BenchPlan) -> list[str]:
     m = plan.matrix
     lines = [
@@ -135,13 +145,12 @@ def _setup(plan: BenchPlan) -> list[str]:
         f"Methods {', '.join(m.methods)} at the same budget: the adapter parameters of LoRA "
         f"at rank {m.budget_rank} on every attention and MLP linear layer (LR-LoRA's rank "
         f"ceiling R = {2 * m.budget_rank}; AdaLoRA's target rank {m.budget_rank}). Final runs "
-        f"use seeds {', '.join(map(str, m.seeds))} and are scored on dev. Score = the mean of "
-        f"the task's metrics, in percent ({_metric_names(m.tasks)}). Within a task every "
-        "method shares steps, batch, sequence length, training rows and schedule (AdamW, "
-        "linear warm-up over 6% then linear decay).",
+        f"use seeds {', '.join(map(str, m.seeds))} and are scored on {_scored_on(m)} Within "
+        "a task every method shares steps, batch, sequence length, training rows and schedule "
+        "(AdamW, linear warm-up over 6% then linear decay).",
         "",
         "| task | steps (final) | steps (tuning) | batch | max tokens | training rows | "
-        "validation slice | eval rows |",
+        f"validation slice | eval rows{' per test set' if m.subscores else ''} |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in m.sizing.values():
@@ -156,6 +165,9 @@ def _setup(plan: BenchPlan) -> list[str]:
 
 def _lr_section(plan: BenchPlan) -> list[str]:
     m = plan.matrix
+    if not m.tune_lr:
+        rates = "; ".join(f"{k} {format_lr(m.lr_grid[k][0])}" for k in m.methods)
+        return ["", "## Learning rate", "", f"Fixed, no tuning stage: {rates}."]
     grids = "; ".join(f"{k} {', '.join(map(format_lr, m.lr_grid[k]))}" for k in m.methods)
     lines = [
         "",
@@ -249,6 +261,41 @@ def _duel_section(plan: BenchPlan, table: dict) -> list[str]:
     return [*lines, "", " ".join(sentences)]
 
 
+def _subscore_section(plan: BenchPlan) -> list[str]:
+    """Per-part accuracy (each commonsense test set) by method, mean over seeds, with the
+    base model's zero-shot row."""
+    m = plan.matrix
+    if not m.subscores:
+        return []
+    lines = [
+        "",
+        "## Per test set",
+        "",
+        "Accuracy in percent (mean over the seeds finished), the average over the test sets, "
+        "and the adapter parameters. zero-shot: the base model, no adapter, same evaluation.",
+        "",
+        "| method | " + " | ".join(m.subscores) + " | Average | params |",
+        "|---" * (len(m.subscores) + 3) + "|",
+    ]
+    for task in m.tasks:
+        base = load_result(zero_shot_path(plan.results_dir, m, task), zero_shot_id(m, task))
+        rows = [("zero-shot", [base] if base else [])]
+        results = [r for r in plan.results(FINAL) if r["task"] == task and r["status"] == "ok"]
+        rows += [(method, [r for r in results if r["method"] == method]) for method in m.methods]
+        for name, found in rows:
+            scores = [r["metrics"]["metrics"] for r in found]
+            cells = [_mean([s.get(k) for s in scores]) for k in (*m.subscores, "average")]
+            params = _mean([r["metrics"].get("adapter_params") for r in found])
+            size = "0" if name == "zero-shot" else _params(params)
+            lines.append(f"| {name} | {' | '.join(_num(c) for c in cells)} | {size} |")
+    return lines
+
+
+def _mean(values: list[float | None]) -> float | None:
+    found = [v for v in values if v is not None]
+    return sum(found) / len(found) if found else None
+
+
 def _figures_section(figures: dict[str, str]) -> list[str]:
     lines = ["", "## Figures", ""]
     if not figures:
@@ -307,6 +354,7 @@ def render(plan: BenchPlan, figures: dict[str, str], command: list[str] | None =
         _lr_section(plan),
         _score_table(plan, table),
         _duel_section(plan, table),
+        _subscore_section(plan),
         _figures_section(figures),
         _rank_section(plan),
     ]

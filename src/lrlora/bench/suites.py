@@ -36,6 +36,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..tasks.commonsense import COMMONSENSE_TASKS
+
 OVERHEAD_S = 10.0
 """Seconds per run outside training and evaluation (model load, tokenisation, export)."""
 
@@ -85,6 +87,18 @@ class Matrix:
     tune_seed: int = 0
     report_name: str = "RESULTS"
     """File stem of the generated report (``docs/RESULTS.md``)."""
+    tune_lr: bool = True
+    """Pick each method's rate on the validation slice; False: every grid holds the one rate
+    the final runs use, and there is no tuning stage."""
+    subscores: tuple[str, ...] = ()
+    """Per-part scores a run reports beside its score (the commonsense test sets), tabled
+    per method."""
+    zero_shot: bool = False
+    """Also score the model without any adapter, by the same evaluation (one result file)."""
+
+    def __post_init__(self) -> None:
+        if not self.tune_lr and any(len(self.lr_grid[m]) != 1 for m in self.methods):
+            raise ValueError(f"{self.label}: without tuning every method needs exactly one lr")
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -138,6 +152,18 @@ GLUE_SIZING = {
         TaskSizing("stsb", 300, 150, 16, 128, 0.10, step_s=0.37, eval_s=10),
     )
 }
+COMMONSENSE_SIZING = {
+    "commonsense": TaskSizing(
+        "commonsense", 80, 0, 8, 256, 0.0, eval_limit=20, step_s=5.5, eval_s=200
+    ),
+}
+COMMONSENSE_QUICK_SIZING = {
+    "commonsense": TaskSizing(
+        "commonsense", 4, 0, 2, 256, 0.0, train_limit=16, eval_limit=2, step_s=3, eval_s=20
+    ),
+}
+_COMMONSENSE_LR = dict.fromkeys(_METHODS, (1e-3,))
+
 GLUE_QUICK_SIZING = {
     s.task: s
     for s in (
@@ -154,6 +180,32 @@ SUITES: dict[str, Suite] = {
             "glue-quick", GLUE_QUICK_SIZING, _METHODS, (0,), dict.fromkeys(_METHODS, (1e-3,))
         ),
         description="GLUE with MiniLM-L6 (all-MiniLM-L6-v2)",
+    ),
+    "commonsense": Suite(
+        "commonsense",
+        full=Matrix(
+            "commonsense",
+            COMMONSENSE_SIZING,
+            _METHODS,
+            (0,),
+            _COMMONSENSE_LR,
+            report_name="RESULTS-commonsense",
+            tune_lr=False,
+            subscores=COMMONSENSE_TASKS,
+            zero_shot=True,
+        ),
+        quick=Matrix(
+            "commonsense-quick",
+            COMMONSENSE_QUICK_SIZING,
+            _METHODS,
+            (0,),
+            _COMMONSENSE_LR,
+            report_name="RESULTS-commonsense",
+            tune_lr=False,
+            subscores=COMMONSENSE_TASKS,
+            zero_shot=True,
+        ),
+        description="Commonsense reasoning with SmolLM2-135M-Instruct (a 30-layer Llama)",
     ),
 }
 """Suite name -> suite. ``lrlora bench --suite NAME`` runs ``full`` (or ``quick``)."""

@@ -91,6 +91,9 @@ class LRLoRAMethod:
             rank_lr=args.rank_lr,
             rebalance_every=args.rebalance_every,
             fill_budget=args.fill_budget,
+            scaling=args.scaling,
+            tau_end=args.tau_end,
+            decay_end_frac=args.decay_end_frac,
         )
         torch.manual_seed(args.seed)
         self.model = inject(model, config)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import causal, runs
 from .causal import COMMONSENSE
-from .config import LRLoRAConfig
+from .config import LRLoRAConfig, ScalingRule
 from .runs import RunExistsError
 from .tasks import TASKS, DataError, Example, compute_metrics, get_task, load_split
 from .tasks.commonsense import COMMONSENSE_TASKS
@@ -116,6 +116,9 @@ class TrainArgs:
     init_rank: float | None = _from_lrlora("init_rank")
     rebalance_every: int = _from_lrlora("rebalance_every")
     fill_budget: bool = _from_lrlora("fill_budget")
+    scaling: ScalingRule = _from_lrlora("scaling")
+    tau_end: float = _from_lrlora("tau_end")
+    decay_end_frac: float = _from_lrlora("decay_end_frac")
     weight_decay: float = _help("AdamW weight decay (none on LR-LoRA's rho).", 0.0)
     batch_size: int = _help(
         "Training batch size per process: under torchrun / accelerate launch the global batch "

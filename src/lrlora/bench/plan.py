@@ -138,7 +138,7 @@ class BenchPlan:
 
 def tuning_runs(matrix: Matrix, task: str, method: str) -> list[RunSpec]:
     """The learning-rate tuning runs of a pair; none when the matrix does not tune."""
-    if not matrix.tune_lr:
+    if not matrix.tune_lr or method not in matrix.lr_grid:
         return []
     rank, seed = matrix.budget_rank, matrix.tune_seed
     grid = matrix.lr_grid[method]
@@ -151,27 +151,49 @@ def final_runs(matrix: Matrix, task: str, method: str, lr: float) -> list[RunSpe
 
 
 def build_plan(matrix: Matrix, results_dir: str | Path) -> BenchPlan:
-    """The plan for ``matrix`` given the results already in ``results_dir``."""
+    """The plan for ``matrix`` given the results already in ``results_dir``.
+
+    A method without a grid of its own (an ablation variant such as ``lr-lora+init_rank=8``)
+    uses the rate chosen for its base method on the same task (from the base's tuning
+    results, whether or not the base is among the matrix's methods); its final runs wait
+    for that choice.
+    """
     plan = BenchPlan(matrix, Path(results_dir))
     for task in matrix.tasks:
-        for method in matrix.methods:
+        for method in sorted(matrix.methods, key=lambda m: "+" in m):  # bases first
             tune = tuning_runs(matrix, task, method)
             plan.runs += tune
             _mark_done(plan, tune)
-            if not all(s.id in plan.done for s in tune):
+            lr = _final_lr(plan, task, method, tune)
+            if lr is None:
                 plan.waiting.append((task, method))
                 continue
-            if matrix.tune_lr:
-                scores = {s.lr: result_score(plan.done[s.id]) for s in tune}
-                choice = LRChoice(scores, choose_lr(scores))
-                plan.choices[task, method] = choice
-                lr = choice.chosen
-            else:
-                lr = matrix.lr_grid[method][0]
             final = final_runs(matrix, task, method, lr)
             plan.runs += final
             _mark_done(plan, final)
     return plan
+
+
+def _final_lr(plan: BenchPlan, task: str, method: str, tune: list[RunSpec]) -> float | None:
+    """The rate of the final runs of (task, method), or None while it is not known yet."""
+    matrix = plan.matrix
+    if method not in matrix.lr_grid:
+        base = method.split("+")[0]
+        if not matrix.tune_lr:
+            return matrix.lr_grid[base][0]
+        if (task, base) in plan.choices:
+            return plan.choices[task, base].chosen
+        tuned = [load_result(plan.path(s), s.id) for s in tuning_runs(matrix, task, base)]
+        if not tuned or None in tuned:
+            return None
+        return choose_lr({r["lr"]: result_score(r) for r in tuned if r is not None})
+    if not matrix.tune_lr:
+        return matrix.lr_grid[method][0]
+    if not all(s.id in plan.done for s in tune):
+        return None
+    scores = {s.lr: result_score(plan.done[s.id]) for s in tune}
+    plan.choices[task, method] = LRChoice(scores, choose_lr(scores))
+    return plan.choices[task, method].chosen
 
 
 def _mark_done(plan: BenchPlan, specs: list[RunSpec]) -> None:

@@ -39,6 +39,7 @@ from .plan import (
     zero_shot_path,
 )
 from .suites import SUITES, Matrix, get_suite
+from .variants import split_method
 
 
 def _help(text: str, default: Any = None, **metadata: Any) -> Any:
@@ -51,7 +52,10 @@ class BenchArgs:
 
     suite: str = _help("Benchmark suite.", "glue", choices=tuple(SUITES))
     tasks: list[str] | None = _help("Tasks to run. Default: all of the suite's.")
-    methods: list[str] | None = _help("Methods to run. Default: all four.", choices=METHODS)
+    methods: list[str] | None = _help(
+        f"Methods to run (of {', '.join(METHODS)}, or the suite's variants such as "
+        "lr-lora+rebalance_every=0). Default: all of the suite's."
+    )
     seeds: list[int] | None = _help("Seeds of the final runs. Default: 0 1 2 (quick: 0).")
     budget_rank: int = _help("Budget rank shared by every method (2, 4 or 8).", 4)
     quick: bool = _help(
@@ -82,9 +86,16 @@ class BenchArgs:
         self.matrix()  # ValueError naming the unknown suite, task or method
 
     def matrix(self) -> Matrix:
+        """What this invocation runs: the suite's matrix narrowed by the flags."""
         suite = get_suite(self.suite)
         base = suite.quick if self.quick else suite.full
         return base.select(self.tasks, self.methods, self.seeds, self.budget_rank)
+
+    def report_matrix(self) -> Matrix:
+        """What the report covers: the whole suite at this budget rank, so that a process
+        running a few tasks or methods does not shrink the report to them."""
+        suite = get_suite(self.suite)
+        return (suite.quick if self.quick else suite.full).select(budget_rank=self.budget_rank)
 
     def _default(self, given: str | None, full: str, quick: str) -> Path:
         return Path(given or (quick if self.quick else full))
@@ -128,9 +139,10 @@ def train_args(spec: RunSpec, plan: BenchPlan, args: BenchArgs) -> TrainArgs:
     """The :class:`~lrlora.train.TrainArgs` of a run: the task's sizing, the run's lr and
     seed; tuning runs hold out the validation slice and are scored on it."""
     sizing, tune = plan.matrix.sizing[spec.task], spec.stage == TUNE
+    method, changes = split_method(spec.method)
     return TrainArgs(
         task=spec.task,
-        method=spec.method,
+        method=method,
         model=args.model,
         data_dir=args.data_dir,
         output_dir=str(args.runs_path / spec.filename[:-5]),
@@ -144,6 +156,7 @@ def train_args(spec: RunSpec, plan: BenchPlan, args: BenchArgs) -> TrainArgs:
         train_limit=sizing.train_limit,
         eval_limit=sizing.eval_limit,
         val_fraction=sizing.val_fraction if tune else 0.0,
+        **changes,
     )
 
 
@@ -328,7 +341,8 @@ def run_matrix(
             failed += _run_all(todo, plan, execute, args.force)
             ran += len(todo)
         if ran:
-            write_report(build_plan(matrix, args.results_path), args.docs_path, command_line())
+            report = build_plan(args.report_matrix(), args.results_path)
+            write_report(report, args.docs_path, command_line())
     return failed
 
 
@@ -374,7 +388,7 @@ def run_bench(args: BenchArgs) -> int:
         print(format_plan(build_plan(args.matrix(), args.results_path)))
         return 0
     failed = [] if args.report_only else run_matrix(args)
-    plan = build_plan(args.matrix(), args.results_path)
+    plan = build_plan(args.report_matrix(), args.results_path)
     print(f"\nreport: {write_report(plan, args.docs_path, command_line())}")
     if failed:
         print(f"{len(failed)} run(s) failed and stay pending: {', '.join(failed)}")

@@ -168,7 +168,10 @@ def _lr_section(plan: BenchPlan) -> list[str]:
     if not m.tune_lr:
         rates = "; ".join(f"{k} {format_lr(m.lr_grid[k][0])}" for k in m.methods)
         return ["", "## Learning rate", "", f"Fixed, no tuning stage: {rates}."]
-    grids = "; ".join(f"{k} {', '.join(map(format_lr, m.lr_grid[k]))}" for k in m.methods)
+    tuned = [k for k in m.methods if k in m.lr_grid]
+    grids = "; ".join(f"{k} {', '.join(map(format_lr, m.lr_grid[k]))}" for k in tuned)
+    if len(tuned) < len(m.methods):
+        grids += ". A variant (method+setting) runs at its base method's chosen rate"
     lines = [
         "",
         "## Learning rate",
@@ -180,7 +183,7 @@ def _lr_section(plan: BenchPlan) -> list[str]:
         "|---|---|---|---|",
     ]
     for task in m.tasks:
-        for method in m.methods:
+        for method in tuned:
             choice = plan.choices.get((task, method))
             if choice is None:
                 lines.append(f"| {task} | {method} | tuning pending | {DASH} |")
@@ -228,7 +231,7 @@ def _score_table(plan: BenchPlan, table: dict) -> list[str]:
 
 def _duel_section(plan: BenchPlan, table: dict) -> list[str]:
     m = plan.matrix
-    found = agg.duels(m, table)
+    found = [d for d in agg.duels(m, table) if "+" not in d.baseline]  # variants: own section
     if not found:
         return []
     lines = [
@@ -259,6 +262,43 @@ def _duel_section(plan: BenchPlan, table: dict) -> list[str]:
             f"{seeds[0]}, loses {seeds[1]} and ties {seeds[2]}."
         )
     return [*lines, "", " ".join(sentences)]
+
+
+def _variant_section(plan: BenchPlan, table: dict) -> list[str]:
+    """Each ablation variant against its base method, paired by seed."""
+    m = plan.matrix
+    variants = [v for v in m.methods if "+" in v]
+    if not variants:
+        return []
+    lines = [
+        "",
+        "## Each variant against its default",
+        "",
+        "Per task: the variant's score minus its base method's, averaged over the seeds both "
+        "have (same seed = same initialisation and training rows), then in brackets the "
+        "seeds won–lost–tied and the variant's mean adapter parameters. Average: over the "
+        "tasks with a paired seed.",
+        "",
+        "| variant | " + " | ".join(m.tasks) + " | Average |",
+        "|---" * (len(m.tasks) + 2) + "|",
+    ]
+    for variant in variants:
+        base = variant.split("+")[0]
+        cells, diffs = [], []
+        for task in m.tasks:
+            mine, other = table[task, variant], table[task, base]
+            paired = [mine.scores[s] - other.scores[s] for s in mine.scores if s in other.scores]
+            if not paired:
+                cells.append(DASH)
+                continue
+            diff = sum(paired) / len(paired)
+            diffs.append(diff)
+            counts = [sum(d > 0 for d in paired), sum(d < 0 for d in paired)]
+            counts.append(len(paired) - sum(counts))
+            cells.append(f"{diff:+.2f} ({'–'.join(map(str, counts))}, {_params(mine.mean_params)})")
+        average = _num(sum(diffs) / len(diffs), sign=True) if diffs else DASH
+        lines.append(f"| `{variant}` | {' | '.join(cells)} | {average} |")
+    return lines
 
 
 def _subscore_section(plan: BenchPlan) -> list[str]:
@@ -354,6 +394,7 @@ def render(plan: BenchPlan, figures: dict[str, str], command: list[str] | None =
         _lr_section(plan),
         _score_table(plan, table),
         _duel_section(plan, table),
+        _variant_section(plan, table),
         _subscore_section(plan),
         _figures_section(figures),
         _rank_section(plan),

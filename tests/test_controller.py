@@ -4,7 +4,7 @@ import torch
 import lrlora
 from lrlora import demo
 from lrlora.controller import allowance, temperature
-from tiny import bert_config, tiny_bert
+from tiny import bert_config, random_batches, tiny_bert
 
 
 def test_temperature_is_a_pure_monotone_schedule():
@@ -28,10 +28,7 @@ def _train(model, steps, accumulate=1, seed=0, **controller_kw):
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
     controller = lrlora.RankController(model, optimizer, total_steps=steps, **controller_kw)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        tokens = torch.randint(0, 100, (4, 10), generator=gen)
-        labels = torch.randint(0, 2, (4,), generator=gen)
+    for tokens, labels in random_batches(steps, seed=seed):
         for chunk in range(accumulate):
             part = slice(chunk * 4 // accumulate, (chunk + 1) * 4 // accumulate)
             (model(tokens[part], labels=labels[part]).loss / accumulate).backward()

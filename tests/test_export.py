@@ -7,15 +7,7 @@ import pytest
 import torch
 
 import lrlora
-from tiny import bert_config, tiny_bert, tiny_gpt2
-
-
-def _batches(n, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randint(0, 100, (4, 10), generator=gen), torch.randint(0, 2, (4,), generator=gen))
-        for _ in range(n)
-    ]
+from tiny import bert_config, random_batches, tiny_bert, tiny_gpt2
 
 
 def _setup(config, total_steps):
@@ -34,7 +26,7 @@ def _steps(model, optimizer, controller, batches):
 
 def test_interrupted_run_ends_where_an_uninterrupted_one_does(tmp_path):
     config = bert_config(init_rank=4, rank_lr=0.2, rebalance_every=3)
-    batches = _batches(10)
+    batches = random_batches(10)
     full = _setup(config, 10)
     _steps(*full, batches)
 
@@ -56,7 +48,7 @@ def test_interrupted_run_ends_where_an_uninterrupted_one_does(tmp_path):
 
 def test_save_load_gives_same_outputs_and_refuses_overwrite(tmp_path, tokens):
     model, optimizer, controller = _setup(bert_config(), 4)
-    _steps(model, optimizer, controller, _batches(4))
+    _steps(model, optimizer, controller, random_batches(4))
     controller.harden()
     expected = model(tokens).logits
     lrlora.save(model, tmp_path / "adapter")
@@ -73,7 +65,7 @@ def test_save_load_gives_same_outputs_and_refuses_overwrite(tmp_path, tokens):
 
 def test_save_directory_holds_no_pickles(tmp_path):
     model, optimizer, controller = _setup(bert_config(), 2)
-    _steps(model, optimizer, controller, _batches(2))
+    _steps(model, optimizer, controller, random_batches(2))
     lrlora.save(model, tmp_path / "a", controller=controller, optimizer=optimizer)
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == [
@@ -123,7 +115,7 @@ def test_export_loads_in_stock_peft_in_a_fresh_process(tmp_path, tokens, kind):
     model = lrlora.inject(make(), config)
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=5e-2))
     controller = lrlora.RankController(model, optimizer, total_steps=6)
-    for tokens_, labels in _batches(6):
+    for tokens_, labels in random_batches(6):
         out = model(tokens_, labels=labels if kind == "seq" else tokens_)
         out.loss.backward()
         optimizer.step()

@@ -164,9 +164,14 @@ GLUE_SIZING = {
 }
 COMMONSENSE_SIZING = {
     "commonsense": TaskSizing(
-        "commonsense", 80, 0, 8, 256, 0.0, eval_limit=20, step_s=5.5, eval_s=200
+        "commonsense", 48, 0, 4, 256, 0.0, eval_limit=20, step_s=12, eval_s=250
     ),
 }
+"""SmolLM2-135M on 2 CPU cores: a batch of 4 questions (about 130 tokens each after padding)
+costs 9-20 s per step with one thread, depending on the method and the load; scoring
+costs about 1.5 s per question (20 of each of the 7 test sets = 140). So the suite is
+small: 48 steps x 4 = 192 training questions, one seed, one rate. It shows the effect of
+instruction tuning on the answer format and where the ranks go, not a converged model."""
 COMMONSENSE_QUICK_SIZING = {
     "commonsense": TaskSizing(
         "commonsense", 4, 0, 2, 256, 0.0, train_limit=16, eval_limit=2, step_s=3, eval_s=20

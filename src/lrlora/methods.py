@@ -162,6 +162,7 @@ class PeftMethod:
             lora_dropout=args.dropout,
             task_type=args.peft_task_type,
             seed=args.seed,
+            orth_reg_weight=args.adalora_orth_reg_weight,
         )
         self.optimizer = None
         self.callbacks = baselines.peft_callbacks(self.model, args.method)

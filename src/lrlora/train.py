@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import causal, runs
+from .baselines import ADALORA_ORTH_REG_WEIGHT
 from .causal import COMMONSENSE
 from .config import LRLoRAConfig, ScalingRule
 from .runs import RunExistsError
@@ -119,6 +120,11 @@ class TrainArgs:
     scaling: ScalingRule = _from_lrlora("scaling")
     tau_end: float = _from_lrlora("tau_end")
     decay_end_frac: float = _from_lrlora("decay_end_frac")
+    adalora_orth_reg_weight: float = _help(
+        "AdaLoRA: weight of its orthogonality penalty on P and Q (peft's default 0.5 stops it "
+        "learning in short runs; see docs/BASELINES.md).",
+        ADALORA_ORTH_REG_WEIGHT,
+    )
     weight_decay: float = _help("AdamW weight decay (none on LR-LoRA's rho).", 0.0)
     batch_size: int = _help(
         "Training batch size per process: under torchrun / accelerate launch the global batch "
@@ -239,6 +245,10 @@ class TrainArgs:
             raise ValueError("max_steps and epochs must be positive.")
         if self.lr <= 0 or self.rank_lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr and rank_lr must be positive and weight_decay >= 0.")
+        if self.adalora_orth_reg_weight < 0:
+            raise ValueError(
+                f"adalora_orth_reg_weight must be >= 0, got {self.adalora_orth_reg_weight}."
+            )
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
         positive = ("batch_size", "eval_batch_size")

@@ -129,6 +129,18 @@ def check_adalora_pruned(peft_model, target_r):
             assert int((module.lora_E["default"] != 0).sum()) <= ranks[name]
 
 
+def test_adalora_orthogonality_penalty_is_off_unless_asked():
+    default = make_peft_model(
+        tiny_bert(), "adalora", 2, TARGETS, total_steps=10, task_type="SEQ_CLS"
+    )
+    assert default.peft_config["default"].orth_reg_weight == 0.0
+    data, _ = batch(), default.eval()  # no penalty: the loss is the task loss (no dropout)
+    torch.testing.assert_close(default(**data).loss, default.get_base_model()(**data).loss)
+    asked = make_peft_model(tiny_bert(), "adalora", 2, TARGETS, total_steps=10,
+                            task_type="SEQ_CLS", orth_reg_weight=0.1)  # fmt: skip
+    assert asked.peft_config["default"].orth_reg_weight == 0.1
+
+
 def test_adalora_plain_loop_prunes_to_target():
     peft_model = make_peft_model(
         tiny_bert(), "adalora", 2, TARGETS, total_steps=10, task_type="SEQ_CLS", seed=0,

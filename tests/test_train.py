@@ -131,6 +131,7 @@ def test_missing_data_file_is_a_data_error(tiny_bert_dir, tmp_path):
         ({"budget_rank": 6, "r_max": 4}, r"choose --budget-rank in \[1, 4\]"),
         ({"max_steps": 10, "epochs": 1.0}, "not both"),
         ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
+        ({"adalora_orth_reg_weight": -0.1}, "adalora_orth_reg_weight must be >= 0"),
     ],
 )
 def test_bad_arguments_say_what_to_do(overrides, message):

@@ -188,16 +188,18 @@ GLUE_QUICK_SIZING = {
 }
 
 ABLATION_VARIANTS = (
+    "lr-lora+rank_lr=0.1",
+    "lr-lora+rank_lr=0.3",
     "lr-lora+rebalance_every=0",
     "lr-lora+fill_budget=false",
     "lr-lora+init_rank=8",
-    "lr-lora+rank_lr=0.1",
-    "lr-lora+rank_lr=0.005",
     "lr-lora+scaling=max",
     "lr-lora+r_max=16",
 )
 """LR-LoRA with one setting changed each (see :mod:`lrlora.bench.variants`), in the order
-worth running: what the defaults rest on first."""
+worth running. First the rank learning rate: at the default 0.02 the SST-2 runs moved
+rho by less than one rank from the budget rank in 400 steps (3.4 to 4.8), so the learned
+allocation was nearly LoRA's uniform one."""
 
 SUITES: dict[str, Suite] = {
     "glue": Suite(

@@ -91,3 +91,23 @@ def test_the_commonsense_suite_scores_all_seven_test_sets():
     for matrix in (SUITES["commonsense"].full, SUITES["commonsense"].quick):
         assert matrix.subscores == COMMONSENSE_TASKS and matrix.zero_shot
         assert matrix.tasks == ("commonsense",) and not matrix.tune_lr
+
+
+def test_another_suites_report_is_summarised_after_its_own(cs_suite, tmp_path):
+    from fakes import fill, small_matrix
+
+    results, docs = tmp_path / "r", tmp_path / "docs"
+    glue = small_matrix()
+    fill(results, glue, {("sst2", "lora"): [80.0]})
+    cs_plan = build_plan(cs_suite, results)
+    for spec in cs_plan.runs:
+        (results / spec.filename).write_text(json.dumps(scored(spec, cs_plan)))
+    write_report(build_plan(cs_suite, results), docs)  # draws the commonsense figures
+    text = write_report(
+        build_plan(glue, results), docs, companions={"Commonsense": build_plan(cs_suite, results)}
+    ).read_text()
+    summary = text.split("## Commonsense")[1]
+    assert "[CS.md](CS.md)" in summary and "4 final runs finished" in summary
+    assert "### Per test set" in summary and "| lr-lora | 50.50 | 70.50 | 60.50 |" in summary
+    assert "### Where LR-LoRA put its rank" in summary
+    assert "figures/cs-test-r4-rank-heatmap-commonsense.png" in summary

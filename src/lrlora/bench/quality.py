@@ -91,6 +91,15 @@ class BenchArgs:
         base = suite.quick if self.quick else suite.full
         return base.select(self.tasks, self.methods, self.seeds, self.budget_rank)
 
+    def companions(self) -> dict[str, BenchPlan]:
+        """Title -> plan of each suite the report summarises after its own."""
+        found = {}
+        for name in self.report_matrix().companions:
+            suite = get_suite(name)
+            matrix = suite.full.select(budget_rank=self.budget_rank)
+            found[suite.description or name] = build_plan(matrix, self.results_path)
+        return found
+
     def report_matrix(self) -> Matrix:
         """What the report covers: the whole suite at this budget rank, so that a process
         running a few tasks or methods does not shrink the report to them."""
@@ -342,7 +351,7 @@ def run_matrix(
             ran += len(todo)
         if ran:
             report = build_plan(args.report_matrix(), args.results_path)
-            write_report(report, args.docs_path, command_line())
+            write_report(report, args.docs_path, command_line(), args.companions())
     return failed
 
 
@@ -389,7 +398,8 @@ def run_bench(args: BenchArgs) -> int:
         return 0
     failed = [] if args.report_only else run_matrix(args)
     plan = build_plan(args.report_matrix(), args.results_path)
-    print(f"\nreport: {write_report(plan, args.docs_path, command_line())}")
+    report = write_report(plan, args.docs_path, command_line(), args.companions())
+    print(f"\nreport: {report}")
     if failed:
         print(f"{len(failed)} run(s) failed and stay pending: {', '.join(failed)}")
     return 1 if failed else 0

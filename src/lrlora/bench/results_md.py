@@ -411,12 +411,42 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_report(plan: BenchPlan, out_dir: str | Path, command: list[str] | None = None) -> Path:
-    """Draw the figures into ``out_dir/figures`` and write ``out_dir/<report_name>.md``."""
+def _demote(lines: list[str]) -> list[str]:
+    return ["#" + line if line.startswith("## ") else line for line in lines]
+
+
+def companion_section(plan: BenchPlan, out_dir: Path, title: str) -> list[str]:
+    """A summary of another suite's results (its per-part table, its rank heat maps and
+    where its LR-LoRA put the rank) under one heading, linking its full report."""
+    m = plan.matrix
+    report = f"{m.report_name}.md"
+    lines = ["", f"## {title}", "", f"Summary of [{report}]({report}), generated from the "
+             f"same result files ({len(plan.results(FINAL))} final runs finished)."]  # fmt: skip
+    if not plan.results(FINAL):
+        return lines
+    maps = sorted((out_dir / "figures").glob(f"{m.label}-r{m.budget_rank}-rank-heatmap-*.png"))
+    table = agg.cells(m, plan.results(FINAL))
+    lines += _demote(_subscore_section(plan) or _score_table(plan, table))
+    lines += _demote(_rank_section(plan))
+    lines += ["", *(f"![{p.stem}](figures/{p.name})" for p in maps)]
+    return lines
+
+
+def write_report(
+    plan: BenchPlan,
+    out_dir: str | Path,
+    command: list[str] | None = None,
+    companions: dict[str, BenchPlan] | None = None,
+) -> Path:
+    """Draw the figures into ``out_dir/figures`` and write ``out_dir/<report_name>.md``,
+    followed by a summary of each of ``companions`` (title -> plan of another suite)."""
     out_dir = Path(out_dir)
     table = agg.cells(plan.matrix, plan.results(FINAL))
     figures = make_figures(plan, table, out_dir / "figures")
     relative = {name: path.relative_to(out_dir).as_posix() for name, path in figures.items()}
     path = out_dir / f"{plan.matrix.report_name}.md"
-    _write_text_atomic(path, render(plan, relative, command))
+    text = render(plan, relative, command)
+    for title, other in (companions or {}).items():
+        text += "\n".join(companion_section(other, out_dir, title)) + "\n"
+    _write_text_atomic(path, text)
     return path

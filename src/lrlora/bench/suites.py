@@ -95,6 +95,9 @@ class Matrix:
     per method."""
     zero_shot: bool = False
     """Also score the model without any adapter, by the same evaluation (one result file)."""
+    companions: tuple[str, ...] = ()
+    """Suites whose (full) results this report summarises after its own, with a link to
+    their full report."""
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -204,7 +207,14 @@ allocation was nearly LoRA's uniform one."""
 SUITES: dict[str, Suite] = {
     "glue": Suite(
         "glue",
-        full=Matrix("glue", GLUE_SIZING, _METHODS, (0, 1, 2), dict.fromkeys(_METHODS, _GRID)),
+        full=Matrix(
+            "glue",
+            GLUE_SIZING,
+            _METHODS,
+            (0, 1, 2),
+            dict.fromkeys(_METHODS, _GRID),
+            companions=("commonsense",),
+        ),
         quick=Matrix(
             "glue-quick", GLUE_QUICK_SIZING, _METHODS, (0,), dict.fromkeys(_METHODS, (1e-3,))
         ),

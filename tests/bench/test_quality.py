@@ -3,6 +3,7 @@ which runs a rerun skips, and that a finished result is never overwritten withou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -218,3 +219,22 @@ def test_bench_quick_end_to_end_and_resume(tiny_bert_dir, tmp_path, capsys, monk
     capsys.readouterr()
     assert main(argv) == 0
     assert "[1/" not in capsys.readouterr().out  # every run was skipped
+
+
+def test_a_result_of_another_sizing_is_stale_and_kept_aside(matrix, tmp_path):
+    spec = tuning_runs(matrix, "sst2", "lora")[0]
+    record = fake_result(spec, 90.0)
+    record["sizing"] = dataclasses.asdict(matrix.sizing["sst2"])
+    path = tmp_path / spec.filename
+    path.write_text(json.dumps(record))
+    assert spec.id in build_plan(matrix, tmp_path).done
+    estimate_only = {**record["sizing"], "step_s": 99.0}  # time estimates do not count
+    path.write_text(json.dumps({**record, "sizing": estimate_only}))
+    assert spec.id in build_plan(matrix, tmp_path).done
+    other = {**record["sizing"], "steps": 8}  # another step count: run it again
+    path.write_text(json.dumps({**record, "sizing": other, "timestamp": "T1:00"}))
+    assert spec.id not in build_plan(matrix, tmp_path).done
+    write_result(path, {**record, "score": 70.0}, force=False)
+    assert json.loads(path.read_text())["score"] == 70.0
+    kept = json.loads((tmp_path / "stale" / f"{path.stem}.T100.json").read_text())
+    assert kept["sizing"]["steps"] == 8 and kept["score"] == 90.0

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .suites import Matrix
+from .suites import Matrix, TaskSizing
 
 TUNE, FINAL = "tune", "final"
 LR_CHOICE_FILE = "lr_choice.json"
@@ -59,15 +59,28 @@ class RunSpec:
         return self.id.replace("/", "__") + ".json"
 
 
-def load_result(path: Path, run_id: str) -> dict[str, Any] | None:
-    """The finished result of ``run_id`` at ``path``, or None if it is missing or unreadable."""
+def load_result(path: Path, run_id: str, sizing: TaskSizing | None = None) -> dict[str, Any] | None:
+    """The finished result of ``run_id`` at ``path``, or None if it is missing, unreadable
+    or (given ``sizing``) stale: recorded with another sizing of its task."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("id") != run_id or "status" not in data:
         return None
+    if sizing is not None and is_stale(data, sizing):
+        return None
     return data
+
+
+def is_stale(result: dict[str, Any], sizing: TaskSizing) -> bool:
+    """A result recorded with other steps, batch, sequence length, rows or slice than
+    ``sizing`` (a result without a recorded sizing is taken as current)."""
+    recorded = result.get("sizing")
+    if not isinstance(recorded, dict):
+        return False
+    current = sizing.identity()
+    return any(recorded.get(key) != value for key, value in current.items())
 
 
 def result_score(result: dict[str, Any]) -> float | None:
@@ -183,7 +196,9 @@ def _final_lr(plan: BenchPlan, task: str, method: str, tune: list[RunSpec]) -> f
             return matrix.lr_grid[base][0]
         if (task, base) in plan.choices:
             return plan.choices[task, base].chosen
-        tuned = [load_result(plan.path(s), s.id) for s in tuning_runs(matrix, task, base)]
+        sizing = matrix.sizing[task]
+        base_runs = tuning_runs(matrix, task, base)
+        tuned = [load_result(plan.path(s), s.id, sizing) for s in base_runs]
         if not tuned or None in tuned:
             return None
         return choose_lr({r["lr"]: result_score(r) for r in tuned if r is not None})
@@ -198,7 +213,7 @@ def _final_lr(plan: BenchPlan, task: str, method: str, tune: list[RunSpec]) -> f
 
 def _mark_done(plan: BenchPlan, specs: list[RunSpec]) -> None:
     for spec in specs:
-        result = load_result(plan.path(spec), spec.id)
+        result = load_result(plan.path(spec), spec.id, plan.matrix.sizing[spec.task])
         if result is not None:
             plan.done[spec.id] = result
 

@@ -34,11 +34,12 @@ from .plan import (
     RunSpec,
     build_plan,
     choice_key,
+    is_stale,
     load_result,
     zero_shot_id,
     zero_shot_path,
 )
-from .suites import SUITES, Matrix, get_suite
+from .suites import SUITES, Matrix, TaskSizing, get_suite
 from .variants import split_method
 
 
@@ -256,8 +257,19 @@ class ResultExistsError(FileExistsError):
 
 
 def write_result(path: Path, record: dict[str, Any], force: bool) -> None:
-    """Write a result atomically; a finished result is replaced only with ``force``."""
-    if not force and load_result(path, record["id"]) is not None:
+    """Write a result atomically; a finished result is replaced only with ``force``. A stale
+    one (another sizing of its task) is first moved to ``<results dir>/stale/``, so that no
+    finished result is ever lost."""
+    existing = load_result(path, record["id"])
+    if existing is not None and "sizing" in record:
+        sizing = TaskSizing(**record["sizing"])
+        if is_stale(existing, sizing):
+            stamp = str(existing.get("timestamp", "old")).replace(":", "")
+            keep = path.parent / "stale" / f"{path.stem}.{stamp}.json"
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, keep)
+            existing = None
+    if not force and existing is not None:
         raise ResultExistsError(f"{path} holds a finished result; pass --force to replace it.")
     write_json_atomic(path, record)
 
@@ -382,8 +394,9 @@ def format_plan(plan: BenchPlan) -> str:
     lines.append(
         f"{len(done)} done in {took / 60:.0f} min (estimated "
         f"{sum(_estimate(plan, s) for s in done) / 60:.0f}); "
-        f"{len(plan.pending()) + plan.n_waiting} to run, about {left / 60:.0f} min on 2 idle "
-        f"cores; results in {plan.results_dir}"
+        f"{len(plan.pending()) + plan.n_waiting} to run, about {left / 60:.0f} min of one "
+        f"process ({left / 120:.0f} min as two with OMP_NUM_THREADS=1 and disjoint --tasks); "
+        f"results in {plan.results_dir}"
     )
     return "\n".join(lines)
 

@@ -4,31 +4,31 @@ A :class:`Suite` holds two :class:`Matrix` es: ``full`` (the real benchmark) and
 (a few minutes, exercises the whole path). Add a suite by adding an entry to
 :data:`SUITES`; nothing else in ``lrlora.bench`` names a task.
 
-GLUE sizing (MiniLM-L6, 2 CPU cores, batch 16). A LoRA step costs about 0.5 s at 128
-padded tokens on an idle machine; take it as 0.05 s + 0.45 s x (padded length / 128).
-Measured with the MiniLM tokenizer, a batch of 16 pads to about 36 tokens on SST-2, 76 on
-MRPC, 127 on RTE (13% of its pairs are cut at 128) and 61 on STS-B, so a LoRA step costs
-about 0.18, 0.32, 0.50 and 0.27 s. ``step_s`` below is that times 1.35, the mean cost of
-the four methods relative to LoRA (DoRA about 2x, AdaLoRA and LR-LoRA about 1.2-1.3x in
-``--quick`` runs on a shared machine; pessimistic on purpose). ``eval_s`` is one
-evaluation (dev or the validation slice) and every run also pays about ``OVERHEAD_S`` =
-10 s (model load, tokenisation, adapter export, the run's figures)::
+GLUE sizing (MiniLM-L6, 2 CPU cores). The matrix runs as two processes with one thread
+each (``OMP_NUM_THREADS=1``, disjoint ``--tasks``), which gets more from 2 cores than one
+process with two threads. Measured that way on SST-2 (batch 16, padded to about 36
+tokens, 576 tokens a step), a step costs about 1.0 s averaged over the four methods
+(LR-LoRA 0.7, LoRA 1.0, AdaLoRA 1.1, DoRA 1.6), i.e. about 1.75 ms per token. A batch of
+16 pads to about 36 tokens on SST-2, 76 on MRPC, 127 on RTE (13% of its pairs are cut at
+128) and 61 on STS-B, so MRPC, RTE and STS-B train at batch 8 (608, 1,016 and 488 tokens a
+step: 1.05, 1.8 and 0.85 s). ``eval_s`` is one evaluation of dev or the validation slice,
+and every run also pays about ``OVERHEAD_S`` = 10 s (model load, tokenisation, export)::
 
-    task steps tune step_s final run (s)         tuning run (s)       12 final + 12 tuning
-    sst2  400  200  0.25   10+400*0.25+4  = 114   10+200*0.25+4  = 64   12*(114 + 64)    = 2136
-    mrpc  300  150  0.45   10+300*0.45+3  = 148   10+150*0.45+3  = 80.5 12*(148 + 80.5)  = 2742
-    rte   250  125  0.67   10+250*0.67+3  = 180.5 10+125*0.67+3  = 96.8 12*(180.5 + 96.8) = 3327
-    stsb  300  150  0.37   10+300*0.37+10 = 131   10+150*0.37+10 = 75.5 12*(131 + 75.5)  = 2478
-                                                                total 10683 s = 2.97 h
+    task steps tune batch step_s final run (s)        tuning run (s)      12 final + 12 tuning
+    sst2  400  200  16    1.0    10+400*1.0+30  = 440  10+200*1.0+30  = 240 12*(440 + 240) = 8160
+    mrpc  200  100   8    1.05   10+200*1.05+25 = 245  10+100*1.05+25 = 140 12*(245 + 140) = 4620
+    rte   150   75   8    1.8    10+150*1.8+30  = 310  10+75*1.8+30   = 175 12*(310 + 175) = 5820
+    stsb  200  100   8    0.85   10+200*0.85+60 = 240  10+100*0.85+60 = 155 12*(240 + 155) = 4740
+                                                     total 23340 s of one process = 6.5 h
 
 (12 final runs = 4 methods x 3 seeds; 12 tuning runs = 4 methods x 3 learning rates, seed
-0.) With the methods at LoRA's speed the same matrix takes about 2.3 h. The learning rate
-is tuned on the validation slice at half the final number of steps (same schedule shape:
-linear warm-up over 6%, then linear decay), which can favour a larger rate than the full
-run would; the bias is the same for every method. :func:`TaskSizing.run_seconds` applies
-this arithmetic to any plan (``lrlora bench --dry-run`` prints the time left). SST-2
-trains on 6,400 of its 67k rows (one pass at 400 x 16); every method sees the same rows
-for a given seed.
+0.) As two processes that is about 3.2 h. The learning rate is tuned on the validation
+slice at half the final number of steps (same schedule shape: linear warm-up over 6%,
+then linear decay), which can favour a larger rate than the full run would; the bias is
+the same for every method. :func:`TaskSizing.run_seconds` applies this arithmetic to any
+plan (``lrlora bench --dry-run`` prints the time left). SST-2 trains on 6,400 of its 67k
+rows (one pass at 400 x 16); every method sees the same rows for a given seed. A run sees
+1,600 of MRPC's 3,668 training pairs, 1,200 of RTE's 2,490 and 1,600 of STS-B's 5,749.
 """
 
 from __future__ import annotations
@@ -61,9 +61,17 @@ class TaskSizing:
     eval_limit: int | None = None
     """Evaluate on this many rows of dev or the validation slice; None = all."""
     step_s: float = 0.5
-    """Estimated seconds per training step on 2 idle cores (mean over the methods)."""
+    """Estimated seconds per training step of one single-threaded process while another runs
+    beside it on the 2 cores (mean over the methods)."""
     eval_s: float = 5.0
     """Estimated seconds of one evaluation."""
+
+    def identity(self) -> dict:
+        """What a run's result depends on (the time estimates left out): a finished result
+        recorded with other values is stale and runs again."""
+        found = dataclasses.asdict(self)
+        del found["step_s"], found["eval_s"]
+        return found
 
     def run_seconds(self, steps: int) -> float:
         """Estimated wall time of one run of ``steps`` steps."""
@@ -159,10 +167,10 @@ stayed at the majority class below it, so the grid moved up one step."""
 GLUE_SIZING = {
     s.task: s
     for s in (
-        TaskSizing("sst2", 400, 200, 16, 64, 0.01, train_limit=6400, step_s=0.25, eval_s=4),
-        TaskSizing("mrpc", 300, 150, 16, 128, 0.10, step_s=0.45, eval_s=3),
-        TaskSizing("rte", 250, 125, 16, 128, 0.10, step_s=0.67, eval_s=3),
-        TaskSizing("stsb", 300, 150, 16, 128, 0.10, step_s=0.37, eval_s=10),
+        TaskSizing("sst2", 400, 200, 16, 64, 0.01, train_limit=6400, step_s=1.0, eval_s=30),
+        TaskSizing("mrpc", 200, 100, 8, 128, 0.10, step_s=1.05, eval_s=25),
+        TaskSizing("rte", 150, 75, 8, 128, 0.10, step_s=1.8, eval_s=30),
+        TaskSizing("stsb", 200, 100, 8, 128, 0.10, step_s=0.85, eval_s=60),
     )
 }
 COMMONSENSE_SIZING = {

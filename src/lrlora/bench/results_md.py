@@ -211,14 +211,15 @@ def _score_table(plan: BenchPlan, table: dict) -> list[str]:
     complete = agg.complete_tasks(m, table)
     means = agg.averages(m, table)
     over = ", ".join(complete) if complete else "none yet"
+    where = "the test sets" if m.subscores else "dev"
     lines = [
         "",
         "## Results",
         "",
-        "Mean ± sample standard deviation over seeds of the dev score; under it the seeds "
-        "finished and the final adapter parameters (mean over seeds; the classification "
-        f"head, trained by every method, is not counted). Average: over the tasks where "
-        f"every method is complete ({over}).",
+        f"Mean ± sample standard deviation over seeds of the score ({where}); under it the "
+        "seeds finished and the final adapter parameters (mean over seeds; a task head, "
+        f"trained by every method, is not counted). Average: over the tasks where every "
+        f"method is complete ({over}).",
         "",
         "| method | " + " | ".join(m.tasks) + " | Average |",
         "|---" * (len(m.tasks) + 2) + "|",

@@ -72,6 +72,12 @@ def make_figures(plan: BenchPlan, table: dict, figures_dir: Path) -> dict[str, P
     return made
 
 
+def _table_section(title: str, intro: str, columns: list[str]) -> list[str]:
+    """A ``##`` section: its title, an introductory paragraph, a table's header rows."""
+    return ["", f"## {title}", "", intro, "", "| " + " | ".join(columns) + " |",
+            "|---" * len(columns) + "|"]  # fmt: skip
+
+
 # -- sections -----------------------------------------------------------------------------------
 def _header(plan: BenchPlan, command: list[str] | None) -> list[str]:
     results = list(plan.done.values())
@@ -172,16 +178,12 @@ def _lr_section(plan: BenchPlan) -> list[str]:
     grids = "; ".join(f"{k} {', '.join(map(format_lr, m.lr_grid[k]))}" for k in tuned)
     if len(tuned) < len(m.methods):
         grids += ". A variant (method+setting) runs at its base method's chosen rate"
-    lines = [
-        "",
-        "## Learning rate",
-        "",
+    lines = _table_section(
+        "Learning rate",
         f"Picked per task and method on the validation slice (carved out of the training "
         f"split, never dev), seed {m.tune_seed}; ties go to the smaller rate. Grid: {grids}.",
-        "",
-        "| task | method | validation score per learning rate | chosen |",
-        "|---|---|---|---|",
-    ]
+        ["task", "method", "validation score per learning rate", "chosen"],
+    )
     for task in m.tasks:
         for method in tuned:
             choice = plan.choices.get((task, method))
@@ -212,18 +214,14 @@ def _score_table(plan: BenchPlan, table: dict) -> list[str]:
     means = agg.averages(m, table)
     over = ", ".join(complete) if complete else "none yet"
     where = "the test sets" if m.subscores else "dev"
-    lines = [
-        "",
-        "## Results",
-        "",
+    lines = _table_section(
+        "Results",
         f"Mean ± sample standard deviation over seeds of the score ({where}); under it the "
         "seeds finished and the final adapter parameters (mean over seeds; a task head, "
         f"trained by every method, is not counted). Average: over the tasks where every "
         f"method is complete ({over}).",
-        "",
-        "| method | " + " | ".join(m.tasks) + " | Average |",
-        "|---" * (len(m.tasks) + 2) + "|",
-    ]
+        ["method", *m.tasks, "Average"],
+    )
     for method in m.methods:
         cells = " | ".join(_cell_text(table[t, method]) for t in m.tasks)
         lines.append(f"| {method} | {cells} | {_num(means[method])} |")
@@ -235,16 +233,12 @@ def _duel_section(plan: BenchPlan, table: dict) -> list[str]:
     found = [d for d in agg.duels(m, table) if "+" not in d.baseline]  # variants: own section
     if not found:
         return []
-    lines = [
-        "",
-        "## LR-LoRA against each baseline",
-        "",
+    lines = _table_section(
+        "LR-LoRA against each baseline",
         "Per task: LR-LoRA's mean minus the baseline's mean, and in brackets the per-seed "
         "paired count wins–losses–ties (same seed, same training rows).",
-        "",
-        "| baseline | " + " | ".join(m.tasks) + " | tasks won–lost | seeds won–lost–tied |",
-        "|---" * (len(m.tasks) + 3) + "|",
-    ]
+        ["baseline", *m.tasks, "tasks won–lost", "seeds won–lost–tied"],
+    )
     sentences = []
     for baseline in dict.fromkeys(d.baseline for d in found):
         mine = [d for d in found if d.baseline == baseline]
@@ -271,18 +265,14 @@ def _variant_section(plan: BenchPlan, table: dict) -> list[str]:
     variants = [v for v in m.methods if "+" in v]
     if not variants:
         return []
-    lines = [
-        "",
-        "## Each variant against its default",
-        "",
+    lines = _table_section(
+        "Each variant against its default",
         "Per task: the variant's score minus its base method's, averaged over the seeds both "
         "have (same seed = same initialisation and training rows), then in brackets the "
         "seeds won–lost–tied and the variant's mean adapter parameters. Average: over the "
         "tasks with a paired seed.",
-        "",
-        "| variant | " + " | ".join(m.tasks) + " | Average |",
-        "|---" * (len(m.tasks) + 2) + "|",
-    ]
+        ["variant", *m.tasks, "Average"],
+    )
     for variant in variants:
         base = variant.split("+")[0]
         cells, diffs = [], []
@@ -308,16 +298,12 @@ def _subscore_section(plan: BenchPlan) -> list[str]:
     m = plan.matrix
     if not m.subscores:
         return []
-    lines = [
-        "",
-        "## Per test set",
-        "",
+    lines = _table_section(
+        "Per test set",
         "Accuracy in percent (mean over the seeds finished), the average over the test sets, "
         "and the adapter parameters. zero-shot: the base model, no adapter, same evaluation.",
-        "",
-        "| method | " + " | ".join(m.subscores) + " | Average | params |",
-        "|---" * (len(m.subscores) + 3) + "|",
-    ]
+        ["method", *m.subscores, "Average", "params"],
+    )
     for task in m.tasks:
         base = load_result(zero_shot_path(plan.results_dir, m, task), zero_shot_id(m, task))
         rows = [("zero-shot", [base] if base else [])]

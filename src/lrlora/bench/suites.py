@@ -212,6 +212,14 @@ worth running. First the rank learning rate: at the default 0.02 the SST-2 runs 
 rho by less than one rank from the budget rank in 400 steps (3.4 to 4.8), so the learned
 allocation was nearly LoRA's uniform one."""
 
+
+def _commonsense_matrix(label: str, sizing: dict[str, TaskSizing]) -> Matrix:
+    """The four methods at one fixed rate, one seed, scored per test set, with zero-shot."""
+    return Matrix(label, sizing, _METHODS, (0,), _COMMONSENSE_LR,
+                  report_name="RESULTS-commonsense", tune_lr=False,
+                  subscores=COMMONSENSE_TASKS, zero_shot=True)  # fmt: skip
+
+
 SUITES: dict[str, Suite] = {
     "glue": Suite(
         "glue",
@@ -251,28 +259,8 @@ SUITES: dict[str, Suite] = {
     ),
     "commonsense": Suite(
         "commonsense",
-        full=Matrix(
-            "commonsense",
-            COMMONSENSE_SIZING,
-            _METHODS,
-            (0,),
-            _COMMONSENSE_LR,
-            report_name="RESULTS-commonsense",
-            tune_lr=False,
-            subscores=COMMONSENSE_TASKS,
-            zero_shot=True,
-        ),
-        quick=Matrix(
-            "commonsense-quick",
-            COMMONSENSE_QUICK_SIZING,
-            _METHODS,
-            (0,),
-            _COMMONSENSE_LR,
-            report_name="RESULTS-commonsense",
-            tune_lr=False,
-            subscores=COMMONSENSE_TASKS,
-            zero_shot=True,
-        ),
+        full=_commonsense_matrix("commonsense", COMMONSENSE_SIZING),
+        quick=_commonsense_matrix("commonsense-quick", COMMONSENSE_QUICK_SIZING),
         description="Commonsense reasoning with SmolLM2-135M-Instruct (a 30-layer Llama)",
     ),
 }

@@ -92,3 +92,21 @@ def test_the_ablation_suite_shares_the_glue_suites_runs(monkeypatch):
     narrowed = BenchArgs(suite="abl", tasks=["sst2"], methods=[VARIANT])
     assert narrowed.report_matrix().methods == ("lora", "lr-lora", VARIANT)
     assert narrowed.report_matrix().tasks == ("sst2", "stsb")
+
+
+def test_an_lrlora_variant_gets_its_own_heat_map_and_rank_row(tmp_path):
+    import json
+
+    from fakes import rank_rows
+
+    from lrlora.bench.results_md import write_report
+
+    matrix = ablation_matrix()
+    fill(tmp_path, matrix, {("sst2", "lr-lora"): [80.0]})
+    spec = next(s for s in build_plan(matrix, tmp_path).runs if s.method == VARIANT)
+    path = write(tmp_path, spec, 81.0)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "ranks": rank_rows(1)}))
+    text = write_report(build_plan(matrix, tmp_path), tmp_path / "docs").read_text()
+    heatmap = "sst2-init_rank-8-fill_budget-false.png"
+    assert (tmp_path / "docs" / "figures" / f"glue-test-r4-rank-heatmap-{heatmap}").is_file()
+    assert f"| {VARIANT} | sst2 | 6.00 |" in text and "| lr-lora | sst2 | 6.00 | 2.00 |" in text

@@ -69,7 +69,20 @@ def make_figures(plan: BenchPlan, table: dict, figures_dir: Path) -> dict[str, P
         path = figures_dir / f"{prefix}-rank-by-role-and-depth.png"
         title = "LR-LoRA: mean hard rank by role and by depth"
         made["rank by role and depth"] = rank_by_role_and_depth(rows_by_task, path, title)[0]
+    for variant in _rank_variants(m):
+        for task, rows in agg.rank_rows(plan.results(FINAL), method=variant).items():
+            slug = variant.split("+", 1)[1].replace("=", "-").replace("+", "-")
+            path = figures_dir / f"{prefix}-rank-heatmap-{task}-{slug}.png"
+            title = f"{task}: {variant} hard rank per layer"
+            made[f"learned ranks, {task}, {variant}"] = rank_heatmap(
+                agg.mean_rows(rows), path, title=title
+            )
     return made
+
+
+def _rank_variants(m: Matrix) -> list[str]:
+    """The matrix's LR-LoRA variants (``lr-lora+...``): they get heat maps of their own."""
+    return [v for v in m.methods if v.startswith(agg.OURS + "+")]
 
 
 def _table_section(title: str, intro: str, columns: list[str]) -> list[str]:
@@ -365,10 +378,12 @@ def _rank_section(plan: BenchPlan) -> list[str]:
             f"({cost['mlp']:,.0f} vs {cost['attention']:,.0f} parameters), and attention "
             f"layers hold {share.get('attention', 0):.0%} of LR-LoRA's adapter parameters"
         )
-    lines += [text + ".", "", "| task | attention | MLP |", "|---|---|---|"]
-    for task, rows in rows_by_task.items():
-        by_kind = summarize_ranks({task: rows})["by_kind"]
-        lines.append(f"| {task} | {_num(by_kind.get('attention'))} | {_num(by_kind.get('mlp'))} |")
+    lines += [text + ".", "", "| method | task | attention | MLP |", "|---|---|---|---|"]
+    for method in (agg.OURS, *_rank_variants(plan.matrix)):
+        for task, rows in agg.rank_rows(plan.results(FINAL), method=method).items():
+            by_kind = summarize_ranks({task: rows})["by_kind"]
+            attention, mlp = _num(by_kind.get("attention")), _num(by_kind.get("mlp"))
+            lines.append(f"| {method} | {task} | {attention} | {mlp} |")
     return lines
 
 

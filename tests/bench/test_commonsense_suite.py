@@ -10,7 +10,7 @@ from fakes import fake_result
 
 from lrlora.bench.plan import FINAL, build_plan, zero_shot_path
 from lrlora.bench.quality import BenchArgs, run_matrix
-from lrlora.bench.results_md import write_report
+from lrlora.bench.results_md import render, write_report
 from lrlora.bench.suites import SUITES, Matrix, Suite, TaskSizing
 
 PARTS = ("boolq", "piqa")
@@ -111,3 +111,15 @@ def test_another_suites_report_is_summarised_after_its_own(cs_suite, tmp_path):
     assert "### Per test set" in summary and "| lr-lora | 50.50 | 70.50 | 60.50 |" in summary
     assert "### Where LR-LoRA put its rank" in summary
     assert "figures/cs-test-r4-rank-heatmap-commonsense.png" in summary
+
+
+def test_an_untuned_variant_runs_at_its_base_rate(tmp_path):
+    import dataclasses
+
+    matrix = dataclasses.replace(
+        untuned_matrix(), methods=("lora", "lr-lora", "lr-lora+rank_lr=0.3")
+    )
+    plan = build_plan(matrix, tmp_path)
+    assert {s.lr for s in plan.runs if s.method == "lr-lora+rank_lr=0.3"} == {2e-3}
+    text = render(plan, {})
+    assert "Fixed, no tuning stage: lora 1e-3; lr-lora 2e-3; a variant (method+setting)" in text

@@ -185,7 +185,10 @@ def _setup(plan: BenchPlan) -> list[str]:
 def _lr_section(plan: BenchPlan) -> list[str]:
     m = plan.matrix
     if not m.tune_lr:
-        rates = "; ".join(f"{k} {format_lr(m.lr_grid[k][0])}" for k in m.methods)
+        fixed = [k for k in m.methods if k in m.lr_grid]
+        rates = "; ".join(f"{k} {format_lr(m.lr_grid[k][0])}" for k in fixed)
+        if len(fixed) < len(m.methods):
+            rates += "; a variant (method+setting) at its base method's rate"
         return ["", "## Learning rate", "", f"Fixed, no tuning stage: {rates}."]
     tuned = [k for k in m.methods if k in m.lr_grid]
     grids = "; ".join(f"{k} {', '.join(map(format_lr, m.lr_grid[k]))}" for k in tuned)

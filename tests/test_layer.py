@@ -111,6 +111,19 @@ def test_rebalance_keeps_output_when_gates_open_and_orders_components():
         assert dropped_after == pytest.approx(best[r:].norm().item() * s, rel=1e-3, abs=1e-4)
 
 
+@pytest.mark.parametrize("exact", [False, True])
+def test_rebalance_under_soft_gates_keeps_output_only_when_exact(exact):
+    layer = _layer(r_max=6, rho=3.5, tau=1.0)  # gates 0.95 .. 0.12: soft, all above 0.1
+    x = torch.randn(9, 10)
+    before = layer(x).detach()
+    layer.rebalance(exact=exact)
+    change = (layer(x) - before).norm() / (before - layer.base(x)).norm()
+    if exact:
+        assert change < 1e-5
+    else:  # the forward gates the re-balanced factors a second time
+        assert change > 0.05
+
+
 def _dropped_before(delta, s, r, layer):
     torch.manual_seed(0)
     layer_before = _layer(r_max=6, rho=6.0, tau=1e-3)  # the same factors as before rebalance

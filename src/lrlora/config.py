@@ -79,6 +79,12 @@ class LRLoRAConfig:
         "singular value so that the gate closes on the weakest; 0 turns it off.",
         50,
     )
+    rebalance_exact: bool = _help(
+        "Re-balancing keeps the layer's output under soft gates: the new B is divided by the "
+        "gate (down to 0.1) that the forward applies again. False: the new factors are gated "
+        "a second time, which shrinks the update while the temperature is high.",
+        False,
+    )
 
     def __post_init__(self) -> None:
         self._check_targets()

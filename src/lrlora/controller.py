@@ -265,7 +265,7 @@ class RankController:
         self._refuse_sharded("re-balancing")
         generator = torch.Generator().manual_seed(self.step_count)
         for layer in self.layers:
-            layer.rebalance(generator)
+            layer.rebalance(generator, exact=self.config.rebalance_exact)
             if self.optimizer is not None:
                 for param in (layer.lora_A, layer.lora_B):
                     self.optimizer.state.pop(param, None)

@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+MIN_EXACT_GATE = 0.1
+"""Smallest gate an exact re-balancing divides by (a smaller one would blow up B)."""
+
 
 def conv1d_class() -> type | None:
     """transformers' GPT-2 ``Conv1D`` if transformers is already imported (never imports it)."""
@@ -165,7 +168,7 @@ class LRLoRALinear(nn.Module):
         return self.lora_B.norm(dim=0) * self.lora_A.norm(dim=1) * self.gate()
 
     @torch.no_grad()
-    def rebalance(self, generator: torch.Generator | None = None) -> None:
+    def rebalance(self, generator: torch.Generator | None = None, exact: bool = False) -> None:
         """Re-factor B diag(g) A so that components stand in order of singular value.
 
         B = Q_B R_B and A^T = Q_A R_A (thin QR); the SVD of the R x R core
@@ -175,6 +178,10 @@ class LRLoRALinear(nn.Module):
         usual size (rather than S^1/2 on both sides) keeps weak components trainable.
         Rows of A beyond the core's rank are drawn afresh from ``generator`` (a CPU
         generator; default: torch's global one).
+
+        The forward gates the new factors again, so the output is unchanged only where the
+        gates are 1. With ``exact`` the new B's columns are divided by their gates (clamped
+        at ``MIN_EXACT_GATE``), so that ``B' diag(g) A' = B diag(g) A`` wherever g >= 0.1.
         """
         if self.hardened or self.merged or not torch.any(self.lora_B):
             return
@@ -190,5 +197,7 @@ class LRLoRALinear(nn.Module):
         new_b = torch.zeros_like(b)
         new_a[:k] = c * vh[:k] @ q_a.T
         new_b[:, :k] = q_b @ (u[:, :k] * s) / c
+        if exact:
+            new_b[:, :k] /= g[:k].clamp_min(MIN_EXACT_GATE)
         self.lora_A.copy_(new_a.to(dtype))
         self.lora_B.copy_(new_b.to(dtype))

@@ -90,6 +90,7 @@ class LRLoRAMethod:
             dropout=args.dropout,
             rank_lr=args.rank_lr,
             rebalance_every=args.rebalance_every,
+            rebalance_exact=args.rebalance_exact,
             fill_budget=args.fill_budget,
             scaling=args.scaling,
             tau_end=args.tau_end,

@@ -116,6 +116,7 @@ class TrainArgs:
     rank_lr: float = _from_lrlora("rank_lr")
     init_rank: float | None = _from_lrlora("init_rank")
     rebalance_every: int = _from_lrlora("rebalance_every")
+    rebalance_exact: bool = _from_lrlora("rebalance_exact")
     fill_budget: bool = _from_lrlora("fill_budget")
     scaling: ScalingRule = _from_lrlora("scaling")
     tau_end: float = _from_lrlora("tau_end")

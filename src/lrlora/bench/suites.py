@@ -202,6 +202,7 @@ ABLATION_VARIANTS = (
     "lr-lora+rank_lr=0.1",
     "lr-lora+rank_lr=0.3",
     "lr-lora+rebalance_every=0",
+    "lr-lora+rebalance_exact=true",
     "lr-lora+fill_budget=false",
     "lr-lora+init_rank=8",
     "lr-lora+scaling=max",

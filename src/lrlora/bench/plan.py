@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .suites import Matrix, TaskSizing
+from .suites import Matrix, TaskSizing, base_method, is_variant
 
 TUNE, FINAL = "tune", "final"
 LR_CHOICE_FILE = "lr_choice.json"
@@ -173,7 +173,7 @@ def build_plan(matrix: Matrix, results_dir: str | Path) -> BenchPlan:
     """
     plan = BenchPlan(matrix, Path(results_dir))
     for task in matrix.tasks:
-        for method in sorted(matrix.methods, key=lambda m: "+" in m):  # bases first
+        for method in sorted(matrix.methods, key=is_variant):  # bases first
             tune = tuning_runs(matrix, task, method)
             plan.runs += tune
             _mark_done(plan, tune)
@@ -191,7 +191,7 @@ def _final_lr(plan: BenchPlan, task: str, method: str, tune: list[RunSpec]) -> f
     """The rate of the final runs of (task, method), or None while it is not known yet."""
     matrix = plan.matrix
     if method not in matrix.lr_grid:
-        base = method.split("+")[0]
+        base = base_method(method)
         if not matrix.tune_lr:
             return matrix.lr_grid[base][0]
         if (task, base) in plan.choices:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import aggregate as agg
 from .plan import FINAL, TUNE, BenchPlan, format_lr, load_result, zero_shot_id, zero_shot_path
-from .suites import Matrix
+from .suites import Matrix, base_method, is_variant
 
 ROLE_NAMES = {
     "query": "query",
@@ -82,7 +82,7 @@ def make_figures(plan: BenchPlan, table: dict, figures_dir: Path) -> dict[str, P
 
 def _rank_variants(m: Matrix) -> list[str]:
     """The matrix's LR-LoRA variants (``lr-lora+...``): they get heat maps of their own."""
-    return [v for v in m.methods if v.startswith(agg.OURS + "+")]
+    return [v for v in m.methods if is_variant(v) and base_method(v) == agg.OURS]
 
 
 def _table_section(title: str, intro: str, columns: list[str]) -> list[str]:
@@ -246,7 +246,7 @@ def _score_table(plan: BenchPlan, table: dict) -> list[str]:
 
 def _duel_section(plan: BenchPlan, table: dict) -> list[str]:
     m = plan.matrix
-    found = [d for d in agg.duels(m, table) if "+" not in d.baseline]  # variants: own section
+    found = [d for d in agg.duels(m, table) if not is_variant(d.baseline)]  # variants: own section
     if not found:
         return []
     lines = _table_section(
@@ -278,7 +278,7 @@ def _duel_section(plan: BenchPlan, table: dict) -> list[str]:
 def _variant_section(plan: BenchPlan, table: dict) -> list[str]:
     """Each ablation variant against its base method, paired by seed."""
     m = plan.matrix
-    variants = [v for v in m.methods if "+" in v]
+    variants = [v for v in m.methods if is_variant(v)]
     if not variants:
         return []
     lines = _table_section(
@@ -290,7 +290,7 @@ def _variant_section(plan: BenchPlan, table: dict) -> list[str]:
         ["variant", *m.tasks, "Average"],
     )
     for variant in variants:
-        base = variant.split("+")[0]
+        base = base_method(variant)
         cells, diffs = [], []
         for task in m.tasks:
             mine, other = table[task, variant], table[task, base]

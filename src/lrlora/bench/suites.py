@@ -42,6 +42,16 @@ OVERHEAD_S = 10.0
 """Seconds per run outside training and evaluation (model load, tokenisation, export)."""
 
 
+def base_method(name: str) -> str:
+    """The method a name stands for: ``lr-lora`` for the variant ``lr-lora+rank_lr=0.1``
+    (see :mod:`lrlora.bench.variants`), the name itself for a method."""
+    return name.split("+", 1)[0]
+
+
+def is_variant(name: str) -> bool:
+    return base_method(name) != name
+
+
 @dataclass(frozen=True)
 class TaskSizing:
     """How one task is run; every method and seed of the task shares it."""
@@ -109,7 +119,7 @@ class Matrix:
 
     def __post_init__(self) -> None:
         for method in self.methods:
-            base = method.split("+")[0]
+            base = base_method(method)
             if method not in self.lr_grid and base not in self.lr_grid:
                 raise ValueError(
                     f"{self.label}: {method!r} needs a learning-rate grid, or (a variant) a "

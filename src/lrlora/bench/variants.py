@@ -53,7 +53,3 @@ def split_method(name: str) -> tuple[str, dict[str, Any]]:
             )
         overrides[key] = _convert(key, text, hints[key])
     return method, overrides
-
-
-def base_method(name: str) -> str:
-    return split_method(name)[0]

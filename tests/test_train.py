@@ -144,3 +144,19 @@ def test_defaults_and_derived_values():
     assert args.r_max == 6 and args.max_steps == 400 and args.method == "lr-lora"
     assert args.run_dir == Path("runs/sst2-lr-lora-r3-s0")
     assert planned_steps(TrainArgs(epochs=2.0, batch_size=10), 95) == 20
+
+
+def test_a_regression_head_starts_at_the_mean_training_label():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from lrlora.train import start_at_mean_label
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, num_labels=1)  # fmt: skip
+    model = BertForSequenceClassification(config)
+    start_at_mean_label(model, [0.0, 2.0, 5.0, 3.0])
+    assert model.classifier.bias.item() == pytest.approx(2.5)
+    classifier = BertForSequenceClassification(BertConfig(**{**config.to_dict(), "num_labels": 2}))
+    before = classifier.classifier.bias.detach().clone()
+    start_at_mean_label(classifier, [0.0, 1.0, 1.0])  # not a regression head: left alone
+    assert classifier.classifier.bias.detach().equal(before)

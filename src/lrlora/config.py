@@ -45,9 +45,10 @@ class LRLoRAConfig:
     alpha: float = _help("LoRA alpha; the adapter output is multiplied by a scaling s.", 16.0)
     dropout: float = _help("Dropout on the adapter's input.", 0.0)
     scaling: ScalingRule = _help(
-        "Scaling rule: 'budget' s = alpha / budget rank (so it equals LoRA's at the budget), "
-        "'max' s = alpha / r_max, 'sqrt' s = alpha / sqrt(r_eff).",
-        "budget",
+        "Scaling rule: 'max' s = alpha / r_max (LoRA's scaling at the ceiling rank; the most "
+        "stable in docs/ABLATIONS.md), 'budget' s = alpha / budget rank (LoRA's at the budget), "
+        "'sqrt' s = alpha / sqrt(r_eff).",
+        "max",
     )
     rank_lr: float = _help("Learning rate of the rank parameters rho (no weight decay).", 0.02)
     tau_start: float = _help("Gate temperature at step 0.", 1.0)

@@ -439,6 +439,24 @@ def head_modules(model: nn.Module) -> list[str]:
     ]
 
 
+def start_at_mean_label(model: nn.Module, labels: list[float]) -> None:
+    """Set a regression head's output bias to the mean training label.
+
+    From a zero bias a short run spends its first hundreds of steps learning the label
+    offset (STS-B's labels are 0 to 5, mean 2.7) instead of similarity: 200 LoRA steps of
+    batch 8 ended with a dev Pearson near 0 and a training loss above the labels' variance.
+    Every method gets the same head, so this changes no comparison.
+    """
+    import torch
+    from torch import nn
+
+    for name in head_modules(model):
+        linears = [m for m in model.get_submodule(name).modules() if isinstance(m, nn.Linear)]
+        if linears and linears[-1].out_features == 1 and linears[-1].bias is not None:
+            with torch.no_grad():
+                linears[-1].bias.fill_(sum(labels) / len(labels))
+
+
 def count_params(model: nn.Module, names: list[str]) -> int:
     return sum(p.numel() for n in names for p in model.get_submodule(n).parameters())
 
@@ -484,6 +502,8 @@ def load_task(args: TrainArgs) -> tuple[nn.Module, Any, list[Any], list[Any], st
         return model, tokenizer, train_set, eval_set, split, max_length
     train_rows, eval_rows, split = load_examples(args)
     model, tokenizer = load_model(args)
+    if get_task(args.task).is_regression:
+        start_at_mean_label(model, [float(e.label) for e in train_rows])
     max_length = args.max_length or get_task(args.task).max_length
     train_set = tokenize(train_rows, tokenizer, max_length)
     eval_set = tokenize(eval_rows, tokenizer, max_length)

@@ -18,6 +18,8 @@ from lrlora.bench.plan import (
     build_plan,
     choose_lr,
     format_lr,
+    planned_settings,
+    settings,
     tuning_runs,
 )
 from lrlora.bench.quality import (
@@ -29,6 +31,7 @@ from lrlora.bench.quality import (
     train_args,
     write_result,
 )
+from lrlora.train import TrainArgs
 
 
 def test_run_ids_and_result_files():
@@ -238,3 +241,36 @@ def test_a_result_of_another_sizing_is_stale_and_kept_aside(matrix, tmp_path):
     assert json.loads(path.read_text())["score"] == 70.0
     kept = json.loads((tmp_path / "stale" / f"{path.stem}.T100.json").read_text())
     assert kept["sizing"]["steps"] == 8 and kept["score"] == 90.0
+
+
+def test_a_result_of_other_method_settings_is_stale_and_kept_aside(matrix, tmp_path):
+    spec = tuning_runs(matrix, "sst2", "lr-lora")[0]
+    current = TrainArgs(task="sst2", method="lr-lora").to_dict()
+    record = {**fake_result(spec, 90.0), "train_args": current}
+    path = tmp_path / spec.filename
+    path.write_text(json.dumps(record))
+    assert spec.id in build_plan(matrix, tmp_path).done
+    logging_only = {**current, "log_every": 1, "output_dir": "elsewhere"}  # not a setting
+    path.write_text(json.dumps({**record, "train_args": logging_only}))
+    assert spec.id in build_plan(matrix, tmp_path).done
+    old_rank_lr = {**current, "rank_lr": current["rank_lr"] * 10}
+    path.write_text(json.dumps({**record, "train_args": old_rank_lr}))
+    assert spec.id not in build_plan(matrix, tmp_path).done
+    # Recorded before 'scaling' was stored: it ran at the old default, 'budget'.
+    before_scaling = {k: v for k, v in current.items() if k != "scaling"}
+    path.write_text(json.dumps({**record, "train_args": before_scaling, "timestamp": "T2:00"}))
+    assert current["scaling"] != "budget" and spec.id not in build_plan(matrix, tmp_path).done
+    write_result(path, {**record, "score": 70.0}, force=False)
+    assert json.loads(path.read_text())["score"] == 70.0
+    kept = json.loads((tmp_path / "stale" / f"{path.stem}.T200.json").read_text())
+    assert "scaling" not in kept["train_args"] and kept["score"] == 90.0
+
+
+def test_settings_of_another_method_do_not_make_a_result_stale():
+    lora = TrainArgs(task="sst2", method="lora").to_dict()
+    default_scaling = lora.pop("scaling")  # LR-LoRA's setting, absent from an old LoRA result
+    assert settings(lora, "lora") == planned_settings("lora", "sst2", 4)
+    variant = "lr-lora+rank_lr=0.3"
+    assert planned_settings(variant, "sst2", 4)["rank_lr"] == 0.3
+    recorded = {**lora, "rank_lr": 0.3, "scaling": default_scaling}
+    assert settings(recorded, variant) == planned_settings(variant, "sst2", 4)

@@ -11,17 +11,22 @@ Two stages per (task, method):
 Run ids look like ``glue/sst2/lr-lora/r4/tune/lr1e-3/s0`` and ``glue/sst2/lr-lora/r4/lr1e-3/s0``;
 the result of a run is ``<results_dir>/<id with "/" replaced by "__">.json``. A run is
 finished when that file parses as a JSON object with the run's id; anything else (no file,
-a half-written or foreign file) is pending and will be run again.
+a half-written or foreign file) is pending and will be run again. So is a stale result: one
+recorded with another sizing of its task, or with other settings of its method than this
+version would train it with (a changed default makes the old results stale).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..train import TrainArgs
 from .suites import Matrix, TaskSizing, base_method, is_variant
+from .variants import split_method
 
 TUNE, FINAL = "tune", "final"
 LR_CHOICE_FILE = "lr_choice.json"
@@ -59,28 +64,83 @@ class RunSpec:
         return self.id.replace("/", "__") + ".json"
 
 
-def load_result(path: Path, run_id: str, sizing: TaskSizing | None = None) -> dict[str, Any] | None:
+SHARED_SETTINGS = ("alpha", "dropout", "weight_decay", "warmup_ratio")
+METHOD_SETTINGS = {
+    "lora": (),
+    "dora": (),
+    "adalora": ("adalora_orth_reg_weight",),
+    "lr-lora": (
+        "r_max",
+        "init_rank",
+        "rank_lr",
+        "rebalance_every",
+        "rebalance_exact",
+        "fill_budget",
+        "scaling",
+        "tau_end",
+        "decay_end_frac",
+    ),
+}
+"""The training settings a method's result depends on, besides the run's own lr, seed and
+its task's sizing."""
+LEGACY_SETTINGS = {"scaling": "budget"}
+"""What a result recorded before a setting was stored ran at, where that differs from today's
+default (LR-LoRA's scaling was 'budget' until the ablations made 'max' the default). A
+setting missing from an older result otherwise counts as today's default."""
+
+
+def settings(train_args: dict[str, Any], method: str) -> dict[str, Any]:
+    """The settings of ``method`` (a method or variant name) in a result's ``train_args``."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainArgs)}
+    keys = SHARED_SETTINGS + METHOD_SETTINGS.get(base_method(method), ())
+    return {k: train_args.get(k, LEGACY_SETTINGS.get(k, defaults[k])) for k in keys}
+
+
+def planned_settings(method: str, task: str, budget_rank: int) -> dict[str, Any]:
+    """The settings this version trains ``method`` with on ``task``: the defaults (as
+    resolved for the budget) and a variant's changes."""
+    base, changes = split_method(method)
+    args = TrainArgs(task=task, method=base, budget_rank=budget_rank, **changes)
+    return settings(args.to_dict(), method)
+
+
+def load_result(
+    path: Path,
+    run_id: str,
+    sizing: TaskSizing | None = None,
+    method_settings: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
     """The finished result of ``run_id`` at ``path``, or None if it is missing, unreadable
-    or (given ``sizing``) stale: recorded with another sizing of its task."""
+    or stale: recorded with another ``sizing`` of its task or other ``method_settings``
+    (each checked only when given)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("id") != run_id or "status" not in data:
         return None
-    if sizing is not None and is_stale(data, sizing):
+    if is_stale(data, sizing, method_settings):
         return None
     return data
 
 
-def is_stale(result: dict[str, Any], sizing: TaskSizing) -> bool:
+def is_stale(
+    result: dict[str, Any],
+    sizing: TaskSizing | None,
+    method_settings: dict[str, Any] | None = None,
+) -> bool:
     """A result recorded with other steps, batch, sequence length, rows or slice than
-    ``sizing`` (a result without a recorded sizing is taken as current)."""
+    ``sizing`` (a result without a recorded sizing is taken as current), or with other
+    settings of its method than ``method_settings``."""
     recorded = result.get("sizing")
-    if not isinstance(recorded, dict):
+    if sizing is not None and isinstance(recorded, dict):
+        current = sizing.identity()
+        if any(recorded.get(key) != value for key, value in current.items()):
+            return True
+    train_args = result.get("train_args")
+    if method_settings is None or not isinstance(train_args, dict):
         return False
-    current = sizing.identity()
-    return any(recorded.get(key) != value for key, value in current.items())
+    return settings(train_args, result.get("method", "")) != method_settings
 
 
 def result_score(result: dict[str, Any]) -> float | None:
@@ -198,7 +258,8 @@ def _final_lr(plan: BenchPlan, task: str, method: str, tune: list[RunSpec]) -> f
             return plan.choices[task, base].chosen
         sizing = matrix.sizing[task]
         base_runs = tuning_runs(matrix, task, base)
-        tuned = [load_result(plan.path(s), s.id, sizing) for s in base_runs]
+        base_settings = planned_settings(base, task, matrix.budget_rank)
+        tuned = [load_result(plan.path(s), s.id, sizing, base_settings) for s in base_runs]
         if not tuned or None in tuned:
             return None
         return choose_lr({r["lr"]: result_score(r) for r in tuned if r is not None})
@@ -213,7 +274,9 @@ def _final_lr(plan: BenchPlan, task: str, method: str, tune: list[RunSpec]) -> f
 
 def _mark_done(plan: BenchPlan, specs: list[RunSpec]) -> None:
     for spec in specs:
-        result = load_result(plan.path(spec), spec.id, plan.matrix.sizing[spec.task])
+        sizing = plan.matrix.sizing[spec.task]
+        current = planned_settings(spec.method, spec.task, spec.budget_rank)
+        result = load_result(plan.path(spec), spec.id, sizing, current)
         if result is not None:
             plan.done[spec.id] = result
 

@@ -36,6 +36,7 @@ from .plan import (
     choice_key,
     is_stale,
     load_result,
+    settings,
     zero_shot_id,
     zero_shot_path,
 )
@@ -258,12 +259,14 @@ class ResultExistsError(FileExistsError):
 
 def write_result(path: Path, record: dict[str, Any], force: bool) -> None:
     """Write a result atomically; a finished result is replaced only with ``force``. A stale
-    one (another sizing of its task) is first moved to ``<results dir>/stale/``, so that no
-    finished result is ever lost."""
+    one (another sizing of its task or other settings of its method than ``record``) is first
+    moved to ``<results dir>/stale/``, so that no finished result is ever lost."""
     existing = load_result(path, record["id"])
-    if existing is not None and "sizing" in record:
-        sizing = TaskSizing(**record["sizing"])
-        if is_stale(existing, sizing):
+    if existing is not None:
+        sizing = TaskSizing(**record["sizing"]) if "sizing" in record else None
+        recorded = record.get("train_args")
+        method = settings(recorded, record["method"]) if recorded is not None else None
+        if is_stale(existing, sizing, method):
             stamp = str(existing.get("timestamp", "old")).replace(":", "")
             keep = path.parent / "stale" / f"{path.stem}.{stamp}.json"
             keep.parent.mkdir(parents=True, exist_ok=True)

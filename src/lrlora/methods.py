@@ -60,7 +60,9 @@ class Method(Protocol):
 
 
 def default_alpha(args: TrainArgs) -> float:
-    """The alpha that gives LR-LoRA the baselines' scaling (alpha / budget rank = 2)."""
+    """LR-LoRA's alpha: the baselines' (2 x budget rank), so that ``scaling='budget'``
+    gives their scaling of 2 and the default ``'max'`` (alpha / R) half of it at R = 2 x
+    budget rank."""
     return baselines.SCALING * args.budget_rank if args.alpha is None else args.alpha
 
 

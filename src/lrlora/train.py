@@ -108,8 +108,9 @@ class TrainArgs:
         "Llama-like q/k/v/o/gate/up/down_proj; GPT-2 c_attn c_proj c_fc."
     )
     alpha: float | None = _help(
-        "LoRA alpha for every method. Default: a scaling of 2 for all (alpha = 2 x "
-        "budget_rank; AdaLoRA: 2 x its initial rank)."
+        "LoRA alpha for every method. Default: 2 x budget_rank (AdaLoRA: 2 x its initial "
+        "rank), a scaling of 2 for the baselines; LR-LoRA divides by --scaling's rank "
+        "(default R: a scaling of 1 at R = 2 x budget_rank)."
     )
     dropout: float = _help("Dropout on the adapters' input (every method).", 0.0)
     lr: float = _help("Learning rate of adapters and head (every method).", 1e-3)

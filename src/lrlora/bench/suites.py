@@ -33,10 +33,10 @@ rows (one pass at 400 x 16); every method sees the same rows for a given seed. A
 What this sizing can show (measured 2026-11-28): SST-2 and STS-B learn (dev 83-85 and
 78-81 for every method but one DoRA seed). MRPC and RTE do not, for any method: 10 of
 the 12 MRPC tuning runs scored 74.81 on the validation slice, the majority class's
-accuracy-F1 mean (the other two 74.71 and 75.35), and the dev scores stay within 2 points of
-it; RTE stays at chance (47-54). The design's
-prototype reached MRPC 81-82 with 400 steps of batch 32, 8x the examples of a run here;
-giving MRPC and RTE that much is the first thing to change when more time is available.
+accuracy-F1 mean (the other two 74.71 and 75.35), and the dev scores stay within 2
+points of it; RTE stays at chance (47-54). The design's prototype reached MRPC 81-82
+with 400 steps of batch 32, 8x the examples of a run here; giving MRPC and RTE that
+much is the first thing to change when more time is available.
 """
 
 from __future__ import annotations

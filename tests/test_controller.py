@@ -128,3 +128,28 @@ def test_budget_is_filled_not_only_capped():
     controller.step()
     assert controller.summary()["soft_params"] == pytest.approx(controller.allowance, rel=1e-6)
     assert controller.lam < 0  # the shift went up
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_projection_finds_the_shift_a_bisection_finds(fill):
+    """The vectorised grid search (no host reads, so a GPU step never waits) lands on the
+    same shift as 60 halvings of [-bound, bound] would."""
+    model = lrlora.inject(tiny_bert(), bert_config(r_max=8, budget_rank=4, fill_budget=fill))
+    controller = lrlora.RankController(model, None, total_steps=10)
+    rhos = torch.rand(len(controller.layers), generator=torch.Generator().manual_seed(0),
+                      dtype=torch.float64) * 8  # fmt: skip
+    tau = 0.3
+    weights = controller.weights
+    cost = lambda delta: controller._soft_cost((rhos - delta * weights).clamp(0, 8), tau)  # noqa: E731
+    for budget in (0.3 * cost(0.0), 0.9 * cost(0.0), 1.2 * cost(0.0)):
+        lo, hi = -8 / float(weights.min()), 8 / float(weights.min())
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if cost(mid) > budget else (lo, mid)
+        want = hi if fill or cost(0.0) > budget else 0.0
+        projected = controller._project(rhos, tau, budget)
+        assert controller.last_shift == pytest.approx(want, abs=1e-9)
+        expected = (rhos - want * weights).clamp(0, 8)
+        torch.testing.assert_close(projected, expected, atol=1e-8, rtol=0)
+        if want != 0.0:
+            assert controller._soft_cost(projected, tau) == pytest.approx(budget, rel=1e-8)

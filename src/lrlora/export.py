@@ -182,6 +182,7 @@ def _load_adapter_tensors(model: nn.Module, path: Path) -> None:
     for key, value in tensors.items():
         own[key].copy_(value)
     for _, layer in lora_layers(model):
+        layer.sync_hard_rank()
         layer.rho.requires_grad_(not layer.hardened)
 
 

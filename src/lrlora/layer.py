@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,12 +84,23 @@ class LRLoRALinear(nn.Module):
         )  # controller steps seen
         self.register_buffer("hard_rank", torch.tensor(-1, device=weight.device))  # -1: soft
         self.register_buffer("component_index", torch.arange(r_max, device=weight.device) + 0.5)
+        # Host copy of ``hard_rank``: the forward asks "hardened?" on every call, and reading a
+        # CUDA buffer there would stall the host on the device every layer, every step.
+        self._hard_rank = -1
         self.merged = False
         self.disabled = False
 
     @property
     def hardened(self) -> bool:
-        return int(self.hard_rank) >= 0
+        return self._hard_rank >= 0
+
+    def sync_hard_rank(self) -> None:
+        """Re-read the ``hard_rank`` buffer after writing it directly (loading does this)."""
+        self._hard_rank = int(self.hard_rank)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.sync_hard_rank()
 
     @property
     def cost_per_rank(self) -> int:
@@ -98,7 +110,7 @@ class LRLoRALinear(nn.Module):
     def gate(self) -> torch.Tensor:
         """g (R,): sigmoid((rho - i - 0.5) / tau), or 1[i < r] once hardened."""
         if self.hardened:
-            return (self.component_index < int(self.hard_rank)).to(self.lora_A.dtype)
+            return (self.component_index < self._hard_rank).to(self.lora_A.dtype)
         return torch.sigmoid((self.rho - self.component_index) / self.tau).to(self.lora_A.dtype)
 
     def soft_rank(self) -> torch.Tensor:
@@ -108,7 +120,7 @@ class LRLoRALinear(nn.Module):
     def current_hard_rank(self) -> int:
         """Components whose gate is open (> 0.5); the rank this layer would export with."""
         if self.hardened:
-            return int(self.hard_rank)
+            return self._hard_rank
         return int((self.gate() > 0.5).sum())
 
     def scaling(self, gate: torch.Tensor | None = None) -> torch.Tensor | float:
@@ -160,6 +172,7 @@ class LRLoRALinear(nn.Module):
         # Scale s is kept; with sqrt scaling it becomes alpha / sqrt(rank) from here on.
         self.lora_B[:, rank:] = 0
         self.hard_rank.fill_(rank)
+        self._hard_rank = rank
         self.rho.fill_(float(rank))
         self.rho.requires_grad_(False)
 

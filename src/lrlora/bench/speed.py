@@ -106,7 +106,7 @@ class SpeedArgs:
             )
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}.")
-        if self.device == "cuda" and not torch.cuda.is_available():
+        if self.device == "cuda" and not torch.cuda.is_available() and not self.report_only:
             raise ValueError("--device cuda: no CUDA device is available here; use --device cpu.")
 
     @property

@@ -56,7 +56,7 @@ class BenchArgs:
     tasks: list[str] | None = _help("Tasks to run. Default: all of the suite's.")
     methods: list[str] | None = _help(
         f"Methods to run (of {', '.join(METHODS)}, or the suite's variants such as "
-        "lr-lora+rebalance_every=0). Default: all of the suite's."
+        "lr-lora+rebalance_every=50). Default: all of the suite's."
     )
     seeds: list[int] | None = _help("Seeds of the final runs. Default: 0 1 2 (quick: 0).")
     budget_rank: int = _help("Budget rank shared by every method (2, 4 or 8).", 4)

@@ -102,9 +102,10 @@ judged on wall time (`time.perf_counter`); the "CPU time" columns give the same 
 the process's CPU time (`time.process_time`), which does not count the time spent waiting
 for a core and so checks the wall-time ratios on a busy machine.
 
-LR-LoRA re-balances its components every `rebalance_every` steps; that cost is timed on
-its own and added, divided by `rebalance_every`, in the "+ re-balance" row, the one the
-target is judged on.
+LR-LoRA can re-balance its components every `rebalance_every` steps (off by default since
+the GPU sweep in docs/ABLATIONS-gpu.md); that cost is timed on its own and added, divided
+by `rebalance_every` (50 when it is off), in the "+ re-balance" row, the one the target is
+judged on, so the target holds with re-balancing on as well.
 
 Memory is what one training step adds on top of the frozen weights: the bytes of the
 distinct tensors saved for backward (counted with `torch.autograd.graph.saved_tensors_hooks`,

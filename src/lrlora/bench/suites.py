@@ -217,22 +217,23 @@ GLUE_QUICK_SIZING = {
 }
 
 ABLATION_VARIANTS = (
+    "lr-lora+rebalance_every=50",
     "lr-lora+scaling=budget",
     "lr-lora+rank_lr=0.3",
     "lr-lora+rank_lr=0.1",
-    "lr-lora+rebalance_exact=true",
-    "lr-lora+rebalance_every=0",
+    "lr-lora+rebalance_every=50+rebalance_exact=true",
     "lr-lora+fill_budget=false",
     "lr-lora+init_rank=8",
     "lr-lora+r_max=16",
 )
 """LR-LoRA with one setting changed each (see :mod:`lrlora.bench.variants`), in the order
-worth running. First the former default scaling, alpha / budget rank (LoRA's at the
-budget): on SST-2 alpha / r_max beat it on every seed (docs/METHOD.md), which made 'max'
-the default; this checks that on the other tasks. Then the rank learning rate: at the
-default 0.02 the SST-2 runs moved rho by less than one rank from the budget rank in 400
-steps (3.4 to 4.8), so the learned allocation was nearly LoRA's uniform one. The SST-2
-runs of the variants under the former default are kept in ``results/stale/``."""
+worth running. First the former defaults: re-balancing every 50 steps (the default until a
+many-seed GPU sweep found it lowering SST-2 and STS-B; docs/ABLATIONS-gpu.md) and the scaling
+alpha / budget rank (LoRA's at the budget; on SST-2 alpha / r_max beat it on every seed,
+docs/METHOD.md). Then the rank learning rate: at the default 0.02 the SST-2 runs moved rho
+by less than one rank from the budget rank in 400 steps (3.4 to 4.8), so the learned
+allocation was nearly LoRA's uniform one. Results of variants made under a former default
+are kept in ``results/stale/``."""
 
 
 COMMONSENSE_VARIANTS = ("lr-lora+rank_lr=0.3",)

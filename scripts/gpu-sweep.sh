@@ -20,20 +20,23 @@ declare -A size=(
   [rte]="--max-steps 400 --batch-size 32 --max-length 128"
 )
 # config name | method and flags; every learning rate is the one the CPU matrix tuned
-# (SST-2, STS-B: 2e-3 for both), or for MRPC/RTE each method at two rates.
+# (SST-2, STS-B: 2e-3 for both), or for MRPC/RTE each method at two rates. "lr-lora" is
+# LR-LoRA as it was when the sweep ran (re-balancing every 50 steps, the default then), so
+# every LR-LoRA config names --rebalance-every and reruns the same way under later defaults.
+rb50="--rebalance-every 50"
 configs_small=(
   "lora|--method lora --lr 2e-3"
-  "lr-lora|--method lr-lora --lr 2e-3"
-  "lr-lora+rank_lr=0.1|--method lr-lora --lr 2e-3 --rank-lr 0.1"
-  "lr-lora+rank_lr=0.3|--method lr-lora --lr 2e-3 --rank-lr 0.3"
+  "lr-lora|--method lr-lora --lr 2e-3 $rb50"
+  "lr-lora+rank_lr=0.1|--method lr-lora --lr 2e-3 $rb50 --rank-lr 0.1"
+  "lr-lora+rank_lr=0.3|--method lr-lora --lr 2e-3 $rb50 --rank-lr 0.3"
   "lr-lora+rebalance_every=0|--method lr-lora --lr 2e-3 --rebalance-every 0"
-  "lr-lora+scaling=budget|--method lr-lora --lr 2e-3 --scaling budget"
+  "lr-lora+scaling=budget|--method lr-lora --lr 2e-3 $rb50 --scaling budget"
 )
 configs_large=(
   "lora-lr1e-3|--method lora --lr 1e-3"
   "lora-lr2e-3|--method lora --lr 2e-3"
-  "lr-lora-lr2e-3|--method lr-lora --lr 2e-3"
-  "lr-lora-lr4e-3|--method lr-lora --lr 4e-3"
+  "lr-lora-lr2e-3|--method lr-lora --lr 2e-3 $rb50"
+  "lr-lora-lr4e-3|--method lr-lora --lr 4e-3 $rb50"
 )
 list=$(mktemp)
 for seed in ${SWEEP_SEEDS:-0 1 2 3 4 5 6 7}; do

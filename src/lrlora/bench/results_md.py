@@ -60,24 +60,38 @@ def make_figures(plan: BenchPlan, table: dict, figures_dir: Path) -> dict[str, P
         title = f"{m.label}: score (mean ± std over seeds) vs adapter parameters"
         made["score vs adapter parameters"] = score_vs_params(points, path, title=title)
     rows_by_task = agg.rank_rows(plan.results(FINAL))
-    for task, rows in rows_by_task.items():
-        runs = len(rows) // len(agg.mean_rows(rows))
-        path = figures_dir / f"{prefix}-rank-heatmap-{task}.png"
-        title = f"{task}: LR-LoRA hard rank per layer (mean of {runs} seed(s))"
-        made[f"learned ranks, {task}"] = rank_heatmap(agg.mean_rows(rows), path, title=title)
+    for (task, variant), (path, rows) in heatmaps(plan, figures_dir).items():
+        if variant is None:
+            runs = len(rows) // len(agg.mean_rows(rows))
+            title = f"{task}: LR-LoRA hard rank per layer (mean of {runs} seed(s))"
+            name = f"learned ranks, {task}"
+        else:
+            title, name = (
+                f"{task}: {variant} hard rank per layer",
+                f"learned ranks, {task}, {variant}",
+            )
+        made[name] = rank_heatmap(agg.mean_rows(rows), path, title=title)
     if rows_by_task:
         path = figures_dir / f"{prefix}-rank-by-role-and-depth.png"
         title = "LR-LoRA: mean hard rank by role and by depth"
         made["rank by role and depth"] = rank_by_role_and_depth(rows_by_task, path, title)[0]
-    for variant in _rank_variants(m):
-        for task, rows in agg.rank_rows(plan.results(FINAL), method=variant).items():
-            slug = variant.split("+", 1)[1].replace("=", "-").replace("+", "-")
-            path = figures_dir / f"{prefix}-rank-heatmap-{task}-{slug}.png"
-            title = f"{task}: {variant} hard rank per layer"
-            made[f"learned ranks, {task}, {variant}"] = rank_heatmap(
-                agg.mean_rows(rows), path, title=title
-            )
     return made
+
+
+def heatmaps(plan: BenchPlan, figures_dir: Path) -> dict[tuple[str, str | None], tuple]:
+    """(task, variant or None for LR-LoRA) -> (heat map path, rank rows) for every LR-LoRA
+    method of the plan with finished final runs: the heat maps its report draws and links
+    (figures of runs that are no longer current are not linked)."""
+    m = plan.matrix
+    prefix = f"{m.label}-r{m.budget_rank}"
+    found: dict[tuple[str, str | None], tuple] = {}
+    for task, rows in agg.rank_rows(plan.results(FINAL)).items():
+        found[task, None] = (figures_dir / f"{prefix}-rank-heatmap-{task}.png", rows)
+    for variant in _rank_variants(m):
+        slug = variant.split("+", 1)[1].replace("=", "-").replace("+", "-")
+        for task, rows in agg.rank_rows(plan.results(FINAL), method=variant).items():
+            found[task, variant] = (figures_dir / f"{prefix}-rank-heatmap-{task}-{slug}.png", rows)
+    return found
 
 
 def _rank_variants(m: Matrix) -> list[str]:
@@ -429,7 +443,7 @@ def companion_section(plan: BenchPlan, out_dir: Path, title: str) -> list[str]:
              f"same result files ({len(plan.results(FINAL))} final runs finished)."]  # fmt: skip
     if not plan.results(FINAL):
         return lines
-    maps = sorted((out_dir / "figures").glob(f"{m.label}-r{m.budget_rank}-rank-heatmap-*.png"))
+    maps = [path for path, _ in heatmaps(plan, out_dir / "figures").values() if path.exists()]
     table = agg.cells(m, plan.results(FINAL))
     lines += _demote(_subscore_section(plan) or _score_table(plan, table))
     lines += _demote(_rank_section(plan))

@@ -59,9 +59,10 @@ def _help(text: str, default: Any = None, **metadata: Any) -> Any:
 
 
 def _from_lrlora(name: str) -> Any:
-    """A field with the default and help text of ``LRLoRAConfig.<name>`` (no second copy)."""
+    """A field with the default and help text of ``LRLoRAConfig.<name>`` (no second copy),
+    marked as LR-LoRA's own (a benchmark result records it)."""
     source = next(f for f in dataclasses.fields(LRLoRAConfig) if f.name == name)
-    return _help(f"LR-LoRA: {source.metadata['help']}", source.default)
+    return _help(f"LR-LoRA: {source.metadata['help']}", source.default, method="lr-lora")
 
 
 @dataclass
@@ -101,7 +102,9 @@ class TrainArgs:
         "same target modules (LoRA/DoRA rank; AdaLoRA's target rank; LR-LoRA's budget).",
         4,
     )
-    r_max: int | None = _help("LR-LoRA's rank ceiling R. Default: 2 x budget_rank.")
+    r_max: int | None = _help(
+        "LR-LoRA's rank ceiling R. Default: 2 x budget_rank.", method="lr-lora"
+    )
     target_modules: list[str] | None = _help(
         "Linear layers to adapt (names or dotted suffixes). Default per architecture: "
         "BERT-like query key value attention.output.dense intermediate.dense output.dense; "
@@ -126,6 +129,7 @@ class TrainArgs:
         "AdaLoRA: weight of its orthogonality penalty on P and Q (peft's default 0.5 stops it "
         "learning in short runs; see docs/BASELINES.md).",
         ADALORA_ORTH_REG_WEIGHT,
+        method="adalora",
     )
     weight_decay: float = _help("AdamW weight decay (none on LR-LoRA's rho).", 0.0)
     batch_size: int = _help(

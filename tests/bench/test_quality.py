@@ -13,6 +13,7 @@ from fakes import fake_result, fill, write
 from lrlora.bench.plan import (
     FINAL,
     LR_CHOICE_FILE,
+    METHOD_SETTINGS,
     TUNE,
     RunSpec,
     build_plan,
@@ -274,3 +275,13 @@ def test_settings_of_another_method_do_not_make_a_result_stale():
     assert planned_settings(variant, "sst2", 4)["rank_lr"] == 0.3
     recorded = {**lora, "rank_lr": 0.3, "scaling": default_scaling}
     assert settings(recorded, variant) == planned_settings(variant, "sst2", 4)
+
+
+def test_every_lrlora_training_field_is_a_recorded_setting():
+    """A new LR-LoRA option of `lrlora train` makes results stale when it changes, without a
+    second list to keep in step (fields are marked where TrainArgs declares them)."""
+    own = {f.name for f in dataclasses.fields(TrainArgs) if f.metadata["help"].startswith("LR-")}
+    assert own and own == set(METHOD_SETTINGS["lr-lora"])
+    assert METHOD_SETTINGS["adalora"] == ("adalora_orth_reg_weight",)
+    before = {k: v for k, v in TrainArgs(task="sst2").to_dict().items() if k != "rebalance_every"}
+    assert settings(before, "lr-lora")["rebalance_every"] == 50  # the default of that time

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..train import TrainArgs
+from ..train import METHODS, TrainArgs
 from .suites import Matrix, TaskSizing, base_method, is_variant
 from .variants import split_method
 
@@ -66,27 +66,20 @@ class RunSpec:
 
 SHARED_SETTINGS = ("alpha", "dropout", "weight_decay", "warmup_ratio")
 METHOD_SETTINGS = {
-    "lora": (),
-    "dora": (),
-    "adalora": ("adalora_orth_reg_weight",),
-    "lr-lora": (
-        "r_max",
-        "init_rank",
-        "rank_lr",
-        "rebalance_every",
-        "rebalance_exact",
-        "fill_budget",
-        "scaling",
-        "tau_end",
-        "decay_end_frac",
-    ),
+    method: tuple(
+        f.name for f in dataclasses.fields(TrainArgs) if f.metadata.get("method") == method
+    )
+    for method in METHODS
 }
 """The training settings a method's result depends on, besides the run's own lr, seed and
-its task's sizing."""
-LEGACY_SETTINGS = {"scaling": "budget"}
+its task's sizing: the shared ones and the ``TrainArgs`` fields marked as the method's own
+(LR-LoRA: r_max, rank_lr, init_rank, rebalance_every, ...; AdaLoRA: its orthogonality
+penalty)."""
+LEGACY_SETTINGS = {"scaling": "budget", "rebalance_every": 50}
 """What a result recorded before a setting was stored ran at, where that differs from today's
-default (LR-LoRA's scaling was 'budget' until the ablations made 'max' the default). A
-setting missing from an older result otherwise counts as today's default."""
+default (LR-LoRA's scaling was 'budget' until the ablations made 'max' the default, and it
+re-balanced every 50 steps until the GPU sweep). A setting missing from an older result
+otherwise counts as today's default."""
 
 
 def settings(train_args: dict[str, Any], method: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lrlora
-from tiny import bert_config, random_batches, randomize_adapters, tiny_bert
+from tiny import bert_config, random_batches, randomize_adapters, tiny_bert, train_with_trainer
 
 pytestmark = [
     pytest.mark.gpu,
@@ -133,39 +133,12 @@ def test_exported_adapter_gives_the_same_logits_in_peft_on_cuda(tmp_path, tokens
 
 
 def test_trainer_callback_steps_the_controller_on_cuda(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from lrlora.hf import LRLoRACallback
 
-    class Rows(torch.utils.data.Dataset):
-        def __init__(self):
-            gen = torch.Generator().manual_seed(0)
-            self.tokens = torch.randint(0, 100, (32, 10), generator=gen)
-
-        def __len__(self):
-            return len(self.tokens)
-
-        def __getitem__(self, i):
-            return {"input_ids": self.tokens[i], "labels": (self.tokens[i, 0] > 50).long()}
-
     model = lrlora.inject(tiny_bert(), bert_config(init_rank=4, rank_lr=0.1))
-    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
     callback = LRLoRACallback()
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        max_steps=8,
-        per_device_train_batch_size=4,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-    )
-    trainer = transformers.Trainer(
-        model=model,
-        args=args,
-        train_dataset=Rows(),
-        optimizers=(optimizer, None),
-        callbacks=[callback],
-    )
-    trainer.train()
+    train_with_trainer(model, tmp_path / "out", callback, max_steps=8)
     assert next(model.parameters()).device.type == "cuda"
     assert callback.controller.step_count == 8
     assert all(layer.hardened for _, layer in lrlora.lora_layers(model))

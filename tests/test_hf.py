@@ -1,52 +1,27 @@
 import json
 
 import pytest
-import torch
 
 import lrlora
-from tiny import bert_config, tiny_bert
+from tiny import bert_config, tiny_bert, train_with_trainer
 
 transformers = pytest.importorskip("transformers")
-
-
-class Rows(torch.utils.data.Dataset):
-    def __init__(self, n=32, seed=0):
-        gen = torch.Generator().manual_seed(seed)
-        self.tokens = torch.randint(0, 100, (n, 10), generator=gen)
-        self.labels = (self.tokens[:, 0] > 50).long()  # learnable from the first token
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.tokens[i], "labels": self.labels[i]}
 
 
 def test_trainer_callback_trains_anneals_and_exports(tmp_path):
     from lrlora.hf import LRLoRACallback
 
     model = lrlora.inject(tiny_bert(), bert_config(init_rank=4, rank_lr=0.1))
-    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
     callback = LRLoRACallback(log_every=2)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"),
+    train_with_trainer(
+        model,
+        tmp_path / "out",
+        callback,
         max_steps=12,
-        per_device_train_batch_size=4,
         gradient_accumulation_steps=2,
-        report_to=[],
         use_cpu=True,
-        save_strategy="no",
         logging_steps=100,
-        disable_tqdm=True,
     )
-    trainer = transformers.Trainer(
-        model=model,
-        args=args,
-        train_dataset=Rows(),
-        optimizers=(optimizer, None),
-        callbacks=[callback],
-    )
-    trainer.train()
     controller = callback.controller
     assert controller.step_count == 12  # once per optimizer step, not per micro-batch
     assert controller.tau == pytest.approx(model.lrlora_config.tau_end)
@@ -62,13 +37,6 @@ def test_trainer_callback_trains_anneals_and_exports(tmp_path):
 
 def test_trainer_without_callback_cannot_export(tmp_path):
     model = lrlora.inject(tiny_bert(), bert_config())
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        max_steps=2,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-    )
-    transformers.Trainer(model=model, args=args, train_dataset=Rows(8)).train()
+    train_with_trainer(model, tmp_path / "out", max_steps=2, use_cpu=True)
     with pytest.raises(lrlora.ControllerNotSteppedError, match="LRLoRACallback"):
         lrlora.export_peft(model, tmp_path / "peft")

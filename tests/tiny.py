@@ -111,3 +111,37 @@ def tiny_llama(tokenizer, seed: int = 0):
         eos_token_id=tokenizer.eos_token_id,
     )
     return LlamaForCausalLM(config)
+
+
+class TokenRows(torch.utils.data.Dataset):
+    """``n`` rows of 10 tokens for the tiny BERT; the label is learnable from the first token."""
+
+    def __init__(self, n: int = 32, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.tokens = torch.randint(0, 100, (n, 10), generator=gen)
+        self.labels = (self.tokens[:, 0] > 50).long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.tokens[i], "labels": self.labels[i]}
+
+
+def train_with_trainer(model, output_dir, callback=None, lr: float = 1e-2, **arguments):
+    """Train ``model`` on :class:`TokenRows` with the transformers Trainer and LR-LoRA's
+    optimizer groups (``arguments`` go to ``TrainingArguments``); returns the Trainer."""
+    import transformers
+
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=lr))
+    settings = dict(per_device_train_batch_size=4, report_to=[], save_strategy="no",
+                    disable_tqdm=True)  # fmt: skip
+    trainer = transformers.Trainer(
+        model=model,
+        args=transformers.TrainingArguments(output_dir=str(output_dir), **settings | arguments),
+        train_dataset=TokenRows(),
+        optimizers=(optimizer, None),
+        callbacks=[callback] if callback else [],
+    )
+    trainer.train()
+    return trainer

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -153,3 +155,57 @@ def test_projection_finds_the_shift_a_bisection_finds(fill):
         torch.testing.assert_close(projected, expected, atol=1e-8, rtol=0)
         if want != 0.0:
             assert controller._soft_cost(projected, tau) == pytest.approx(budget, rel=1e-8)
+
+
+def _rank_gradients(model, values):
+    for (_, layer), value in zip(lrlora.lora_layers(model), values, strict=False):
+        layer.rho.grad = torch.tensor(float(value))
+
+
+def test_shared_rank_update_keeps_the_layers_gradients_in_proportion():
+    """Adam per rho would move every layer by lr whatever its gradient; the shared
+    normaliser moves each rho in proportion to its gradient (the first step: m and v are
+    one gradient, so the update is lr * g / rms(g))."""
+    model = lrlora.inject(tiny_bert(), bert_config(rank_update="shared", rank_lr=0.1))
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    lrlora.RankController(model, optimizer, total_steps=10)
+    layers = [layer for _, layer in lrlora.lora_layers(model)]
+    before = torch.stack([layer.rho.detach().clone() for layer in layers])
+    grads = torch.linspace(-1.0, 3.0, len(layers))
+    _rank_gradients(model, grads)
+    optimizer.step()
+    moved = torch.stack([layer.rho.detach() for layer in layers]) - before
+    expected = -0.1 * grads / grads.square().mean().sqrt()
+    torch.testing.assert_close(moved, expected, rtol=1e-5, atol=1e-6)
+    assert all(layer.rho.grad is None for layer in layers)  # consumed: AdamW left rho alone
+    assert not any(layer.rho in optimizer.state for layer in layers)
+
+
+def test_optimizer_rank_update_leaves_rho_to_adam():
+    model = lrlora.inject(tiny_bert(), bert_config(rank_update="optimizer", rank_lr=0.1))
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    lrlora.RankController(model, optimizer, total_steps=10)
+    layers = [layer for _, layer in lrlora.lora_layers(model)]
+    before = torch.stack([layer.rho.detach().clone() for layer in layers])
+    _rank_gradients(model, torch.linspace(0.5, 3.0, len(layers)))
+    optimizer.step()
+    moved = torch.stack([layer.rho.detach() for layer in layers]) - before
+    torch.testing.assert_close(moved, torch.full_like(moved, -0.1), rtol=1e-4, atol=1e-6)
+
+
+def test_shared_rank_moments_survive_a_state_dict_round_trip():
+    model = lrlora.inject(tiny_bert(), bert_config(rank_update="shared", rebalance_every=0))
+    controller = _train(model, steps=4)
+    state = controller.state_dict()
+    assert state["rank_moments"]["t"] == 4
+    twin = lrlora.inject(tiny_bert(), bert_config(rank_update="shared", rebalance_every=0))
+    twin.load_state_dict(model.state_dict())
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(twin, lr=1e-2))
+    fresh = lrlora.RankController(twin, optimizer, total_steps=4)
+    fresh.load_state_dict(json.loads(json.dumps(state)))  # as controller.json holds it
+    assert fresh.state_dict() == state
+
+
+def test_unknown_rank_update_is_refused():
+    with pytest.raises(ValueError, match="rank_update must be 'shared' or 'optimizer'"):
+        bert_config(rank_update="sgd")

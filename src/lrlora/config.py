@@ -14,6 +14,7 @@ from typing import Any, Literal
 RankMode = Literal["budget", "penalty"]
 ScalingRule = Literal["budget", "max", "sqrt"]
 TauShape = Literal["cosine", "linear", "exp"]
+RankUpdate = Literal["shared", "optimizer"]
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -51,6 +52,14 @@ class LRLoRAConfig:
         "max",
     )
     rank_lr: float = _help("Learning rate of the rank parameters rho (no weight decay).", 0.02)
+    rank_update: RankUpdate = _help(
+        "How rho follows its gradient. 'shared': the controller updates every rho with Adam "
+        "whose second moment is shared by all layers, so a layer whose loss falls faster with "
+        "rank moves faster (needs the optimizer handed to the controller). 'optimizer': rho is "
+        "left to the training optimizer; Adam normalises each rho's gradient on its own, so "
+        "every layer moves at the same speed and the budget projection cancels most of it.",
+        "optimizer",
+    )
     tau_start: float = _help("Gate temperature at step 0.", 1.0)
     tau_end: float = _help("Gate temperature at the last step.", 0.05)
     tau_shape: TauShape = _help("Temperature schedule: 'cosine', 'linear' or 'exp'.", "cosine")
@@ -110,6 +119,10 @@ class LRLoRAConfig:
             raise ValueError(f"init_rank must be in (0, r_max={self.r_max}], got {self.init_rank}.")
         if self.rank_mode not in ("budget", "penalty"):
             raise ValueError(f"rank_mode must be 'budget' or 'penalty', got {self.rank_mode!r}.")
+        if self.rank_update not in ("shared", "optimizer"):
+            raise ValueError(
+                f"rank_update must be 'shared' or 'optimizer', got {self.rank_update!r}."
+            )
         if self.scaling not in ("budget", "max", "sqrt"):
             raise ValueError(f"scaling must be 'budget', 'max' or 'sqrt', got {self.scaling!r}.")
         if self.rank_mode == "budget":

@@ -124,6 +124,11 @@ class RankController:
             optimizer.register_step_pre_hook(lambda *_: self.average_rank_gradients())
         if optimizer is not None and self.config.rank_mode == "penalty":
             optimizer.register_step_pre_hook(lambda *_: self.apply_penalty())
+        self._rank_m: torch.Tensor | None = None  # shared rank update: first moments (L,)
+        self._rank_v: torch.Tensor | None = None  # and the one second moment all layers share
+        self._rank_t = 0
+        if optimizer is not None and self.config.rank_update == "shared":
+            optimizer.register_step_pre_hook(lambda *_: self.update_ranks())
 
     # -- schedules ------------------------------------------------------------------------
     @property
@@ -227,6 +232,50 @@ class RankController:
                 (drank,) = torch.autograd.grad(g, rho)
             push = self.config.penalty * float(cost) * drank / self.max_params
             layer.rho.grad = push if layer.rho.grad is None else layer.rho.grad + push
+
+    RANK_BETAS = (0.9, 0.999)
+
+    def _rank_lr(self) -> float:
+        """rho's learning rate now: that of the optimizer group holding rho where it is the
+        rank group (so a scheduler shapes it like every other rate), else ``rank_lr``."""
+        rho = self.layers[0].rho
+        for group in self.optimizer.param_groups:
+            if group.get("lrlora_rank") and any(p is rho for p in group["params"]):
+                return float(group["lr"])
+        return self.config.rank_lr
+
+    @torch.no_grad()
+    def update_ranks(self) -> None:
+        """The 'shared' rank update (run just before the optimizer's step): Adam on the
+        vector of rhos with one second moment, the mean over layers of the squared gradient.
+        Adam's per-parameter normalisation would move every rho at the same speed whatever
+        its gradient; sharing the normaliser keeps the layers' gradients in proportion, so
+        the projection then moves rank to where the loss falls fastest per parameter. The
+        gradients are consumed (set to None), so the optimizer leaves rho alone."""
+        device = self.layers[0].rho.device
+        grads = torch.stack(
+            [torch.zeros((), device=device) if layer.rho.grad is None
+             else layer.rho.grad.detach().to(device) for layer in self.layers]
+        ).double()  # fmt: skip
+        if self._rank_m is None or self._rank_m.device != device:
+            self._rank_m = torch.zeros_like(grads)
+            self._rank_v = torch.zeros((), dtype=torch.float64, device=device)
+        beta1, beta2 = self.RANK_BETAS
+        self._rank_t += 1
+        self._rank_m.mul_(beta1).add_(grads, alpha=1 - beta1)
+        self._rank_v.mul_(beta2).add_(grads.square().mean(), alpha=1 - beta2)
+        step_size = self._rank_lr() / (1 - beta1**self._rank_t)
+        scale = (self._rank_v / (1 - beta2**self._rank_t)).sqrt().add_(1e-12)
+        update = (self._rank_m / scale) * step_size
+        rhos = self._device_rhos() - update
+        params = [layer.rho for layer in self.layers]
+        if all(p.device == device for p in params):
+            torch._foreach_copy_(params, list(rhos.to(params[0].dtype).unbind()))
+        else:
+            for param, rho in zip(params, rhos, strict=True):
+                param.copy_(rho)
+        for param in params:
+            param.grad = None
 
     @torch.no_grad()
     def average_rank_gradients(self) -> None:
@@ -384,7 +433,12 @@ class RankController:
             "initial_params": self.initial_params,
             "target_params": self.target_params,
             "last_shift": self.last_shift,
-        }
+            "rank_moments": None if self._rank_m is None else {
+                "t": self._rank_t,
+                "m": self._rank_m.tolist(),
+                "v": float(self._rank_v),
+            },
+        }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["total_steps"] != self.total_steps:
@@ -396,6 +450,14 @@ class RankController:
         self.initial_params = float(state["initial_params"])
         self.target_params = float(state["target_params"])
         self._last_shift = torch.tensor(float(state["last_shift"]), dtype=torch.float64)
+        moments = state.get("rank_moments")
+        if moments is None:
+            self._rank_m, self._rank_v, self._rank_t = None, None, 0
+        else:
+            device = self.layers[0].rho.device
+            self._rank_t = int(moments["t"])
+            self._rank_m = torch.tensor(moments["m"], dtype=torch.float64, device=device)
+            self._rank_v = torch.tensor(float(moments["v"]), dtype=torch.float64, device=device)
         self._set_tau(self.tau)
         for layer in self.layers:
             layer.steps.fill_(self.step_count)

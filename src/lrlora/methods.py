@@ -91,10 +91,12 @@ class LRLoRAMethod:
             alpha=default_alpha(args),
             dropout=args.dropout,
             rank_lr=args.rank_lr,
+            rank_update=args.rank_update,
             rebalance_every=args.rebalance_every,
             rebalance_exact=args.rebalance_exact,
             fill_budget=args.fill_budget,
             scaling=args.scaling,
+            tau_start=args.tau_start,
             tau_end=args.tau_end,
             decay_end_frac=args.decay_end_frac,
         )

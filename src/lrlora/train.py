@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from . import causal, runs
 from .baselines import ADALORA_ORTH_REG_WEIGHT
 from .causal import COMMONSENSE
-from .config import LRLoRAConfig, ScalingRule
+from .config import LRLoRAConfig, RankUpdate, ScalingRule
 from .runs import RunExistsError
 from .tasks import TASKS, DataError, Example, compute_metrics, get_task, load_split
 from .tasks.commonsense import COMMONSENSE_TASKS
@@ -118,11 +118,13 @@ class TrainArgs:
     dropout: float = _help("Dropout on the adapters' input (every method).", 0.0)
     lr: float = _help("Learning rate of adapters and head (every method).", 1e-3)
     rank_lr: float = _from_lrlora("rank_lr")
+    rank_update: RankUpdate = _from_lrlora("rank_update")
     init_rank: float | None = _from_lrlora("init_rank")
     rebalance_every: int = _from_lrlora("rebalance_every")
     rebalance_exact: bool = _from_lrlora("rebalance_exact")
     fill_budget: bool = _from_lrlora("fill_budget")
     scaling: ScalingRule = _from_lrlora("scaling")
+    tau_start: float = _from_lrlora("tau_start")
     tau_end: float = _from_lrlora("tau_end")
     decay_end_frac: float = _from_lrlora("decay_end_frac")
     adalora_orth_reg_weight: float = _help(

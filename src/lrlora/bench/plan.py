@@ -75,10 +75,11 @@ METHOD_SETTINGS = {
 its task's sizing: the shared ones and the ``TrainArgs`` fields marked as the method's own
 (LR-LoRA: r_max, rank_lr, init_rank, rebalance_every, ...; AdaLoRA: its orthogonality
 penalty)."""
-LEGACY_SETTINGS = {"scaling": "budget", "rebalance_every": 50}
+LEGACY_SETTINGS = {"scaling": "budget", "rebalance_every": 50, "rank_update": "optimizer"}
 """What a result recorded before a setting was stored ran at, where that differs from today's
-default (LR-LoRA's scaling was 'budget' until the ablations made 'max' the default, and it
-re-balanced every 50 steps until the GPU sweep). A setting missing from an older result
+default (LR-LoRA's scaling was 'budget' until the ablations made 'max' the default, it
+re-balanced every 50 steps until the GPU sweep, and its rho was left to the optimizer before
+the shared rank update existed). A setting missing from an older result
 otherwise counts as today's default."""
 
 

@@ -217,6 +217,9 @@ GLUE_QUICK_SIZING = {
 }
 
 ABLATION_VARIANTS = (
+    "lr-lora+rank_update=shared",
+    "lr-lora+rank_update=shared+rank_lr=0.1",
+    "lr-lora+tau_start=0.25",
     "lr-lora+rebalance_every=50",
     "lr-lora+scaling=budget",
     "lr-lora+rank_lr=0.3",

@@ -53,12 +53,13 @@ class LRLoRAConfig:
     )
     rank_lr: float = _help("Learning rate of the rank parameters rho (no weight decay).", 0.02)
     rank_update: RankUpdate = _help(
-        "How rho follows its gradient. 'shared': the controller updates every rho with Adam "
-        "whose second moment is shared by all layers, so a layer whose loss falls faster with "
-        "rank moves faster (needs the optimizer handed to the controller). 'optimizer': rho is "
-        "left to the training optimizer; Adam normalises each rho's gradient on its own, so "
-        "every layer moves at the same speed and the budget projection cancels most of it.",
-        "optimizer",
+        "How rho follows its gradient. 'shared' (the default): the controller updates every "
+        "rho with Adam whose second moment is shared by all layers, so a layer whose loss "
+        "falls faster with rank moves faster (it needs the optimizer handed to the "
+        "controller, and takes rho's gradient before the optimizer sees it). 'optimizer': rho "
+        "is left to the training optimizer; Adam normalises each rho's gradient on its own, "
+        "so every layer moves at the same speed and the budget projection cancels most of it.",
+        "shared",
     )
     tau_start: float = _help("Gate temperature at step 0.", 1.0)
     tau_end: float = _help("Gate temperature at the last step.", 0.05)

@@ -217,13 +217,12 @@ GLUE_QUICK_SIZING = {
 }
 
 ABLATION_VARIANTS = (
-    "lr-lora+rank_update=shared",
-    "lr-lora+rank_update=shared+rank_lr=0.1",
-    "lr-lora+tau_start=0.25",
+    "lr-lora+rank_update=optimizer",
     "lr-lora+rebalance_every=50",
     "lr-lora+scaling=budget",
     "lr-lora+rank_lr=0.3",
     "lr-lora+rank_lr=0.1",
+    "lr-lora+tau_start=0.25",
     "lr-lora+rebalance_every=50+rebalance_exact=true",
     "lr-lora+fill_budget=false",
     "lr-lora+init_rank=8",

@@ -238,10 +238,16 @@ allocation was nearly LoRA's uniform one. Results of variants made under a forme
 are kept in ``results/stale/``."""
 
 
-COMMONSENSE_VARIANTS = ("lr-lora+rank_lr=0.3", "lr-lora+rebalance_every=50")
+COMMONSENSE_VARIANTS = (
+    "lr-lora+rank_update=optimizer",
+    "lr-lora+rank_update=optimizer+rank_lr=0.3",
+    "lr-lora+rank_update=optimizer+rebalance_every=50",
+    "lr-lora+rank_lr=0.3",
+)
 """At the default rank learning rate rho moves by about 0.15 in the suite's 48 steps, so
-every layer keeps the budget rank; at 0.3 the ranks can move by several units. The second
-is the former default (re-balancing every 50 steps)."""
+every layer keeps the budget rank; at 0.3 the ranks can move by several units. The first
+three keep rho in AdamW (the former rank update; the third also re-balances every 50 steps,
+the default before that), the last is the faster rank under the shared update."""
 
 
 def _commonsense_matrix(label: str, sizing: dict[str, TaskSizing]) -> Matrix:

@@ -57,8 +57,8 @@ class LRLoRAConfig:
         "rho with Adam whose second moment is shared by all layers, so a layer whose loss "
         "falls faster with rank moves faster (it needs the optimizer handed to the "
         "controller, and takes rho's gradient before the optimizer sees it). 'optimizer': rho "
-        "is left to the training optimizer; Adam normalises each rho's gradient on its own, "
-        "so every layer moves at the same speed and the budget projection cancels most of it.",
+        "is left to the training optimizer; Adam normalises each rho's gradient by its own "
+        "magnitude, so a layer's speed follows how steady its gradient is, not how large.",
         "shared",
     )
     tau_start: float = _help("Gate temperature at step 0.", 1.0)

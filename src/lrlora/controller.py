@@ -248,10 +248,11 @@ class RankController:
     def update_ranks(self) -> None:
         """The 'shared' rank update (run just before the optimizer's step): Adam on the
         vector of rhos with one second moment, the mean over layers of the squared gradient.
-        Adam's per-parameter normalisation would move every rho at the same speed whatever
-        its gradient; sharing the normaliser keeps the layers' gradients in proportion, so
-        the projection then moves rank to where the loss falls fastest per parameter. The
-        gradients are consumed (set to None), so the optimizer leaves rho alone."""
+        Adam's per-parameter normalisation moves a rho by about its rate whenever its
+        gradient keeps its sign, however large the gradient; sharing the normaliser keeps
+        the layers' gradients in proportion, so the projection then moves rank to where the
+        loss falls fastest per parameter. The gradients are consumed (set to None), so the
+        optimizer leaves rho alone."""
         device = self.layers[0].rho.device
         grads = torch.stack(
             [torch.zeros((), device=device) if layer.rho.grad is None

@@ -14,8 +14,10 @@ class LRLoRACallback(TrainerCallback):
     optimizer step (so gradient accumulation does not multiply the rank cost) and hardens
     the ranks when training ends.
 
-    The rank parameters need their own learning rate; give the Trainer an optimizer built
-    from :func:`lrlora.optimizer_groups`::
+    The rank parameters need their own learning rate (by default the controller updates
+    them itself, at the rate of the optimizer group marked as the rank group, else at
+    ``rank_lr``); give the Trainer an optimizer built from :func:`lrlora.optimizer_groups`,
+    so that rate follows the Trainer's schedule::
 
         optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-3))
         trainer = Trainer(model, args, ..., optimizers=(optimizer, None),

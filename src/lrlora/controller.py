@@ -89,9 +89,10 @@ class RankController:
 
     Args:
         model: a model with LR-LoRA adapters (see :func:`lrlora.inject`).
-        optimizer: its optimizer. Needed for penalty mode (the penalty is added to rho's
-            gradient in a pre-step hook) and for re-balancing (Adam moments of the
-            re-factored A and B are reset). May be None in budget mode without re-balancing.
+        optimizer: its optimizer. Needed for the shared rank update (rho is updated in a
+            pre-step hook), penalty mode (the penalty is added to rho's gradient there too)
+            and re-balancing (Adam moments of the re-factored A and B are reset). Without
+            it rho is moved only by whatever optimizer holds it.
         total_steps: the number of optimizer steps the run will take.
     """
 
@@ -268,15 +269,19 @@ class RankController:
         step_size = self._rank_lr() / (1 - beta1**self._rank_t)
         scale = (self._rank_v / (1 - beta2**self._rank_t)).sqrt().add_(1e-12)
         update = (self._rank_m / scale) * step_size
-        rhos = self._device_rhos() - update
+        self._write_rhos(self._device_rhos() - update)
+        for layer in self.layers:
+            layer.rho.grad = None
+
+    def _write_rhos(self, rhos: torch.Tensor) -> None:
+        """Copy rhos (L,) into the layers' rho: one multi-tensor copy where they share a
+        device."""
         params = [layer.rho for layer in self.layers]
-        if all(p.device == device for p in params):
+        if all(p.device == rhos.device for p in params):
             torch._foreach_copy_(params, list(rhos.to(params[0].dtype).unbind()))
-        else:
+        else:  # layers spread over devices
             for param, rho in zip(params, rhos, strict=True):
                 param.copy_(rho)
-        for param in params:
-            param.grad = None
 
     @torch.no_grad()
     def average_rank_gradients(self) -> None:
@@ -302,12 +307,7 @@ class RankController:
         tau = self.tau
         if self.config.rank_mode == "budget":
             rhos = self._project(rhos, tau, self.allowance)
-        params = [layer.rho for layer in self.layers]
-        if all(p.device == rhos.device for p in params):
-            torch._foreach_copy_(params, list(rhos.to(params[0].dtype).unbind()))
-        else:  # layers spread over devices
-            for param, rho in zip(params, rhos, strict=True):
-                param.copy_(rho)
+        self._write_rhos(rhos)
         self._fill([layer.steps for layer in self.layers], self.step_count)
         self._set_tau(tau)
         self._check_replicas(rhos)

@@ -81,24 +81,16 @@ class LRLoRAMethod:
     ):
         from .controller import RankController
         from .hf import LRLoRACallback
+        from .train import lrlora_config_settings
 
         config = LRLoRAConfig(
             target_modules=targets,
             modules_to_save=heads,
             r_max=args.r_max,
             budget_rank=args.budget_rank,
-            init_rank=args.init_rank,
             alpha=default_alpha(args),
             dropout=args.dropout,
-            rank_lr=args.rank_lr,
-            rank_update=args.rank_update,
-            rebalance_every=args.rebalance_every,
-            rebalance_exact=args.rebalance_exact,
-            fill_budget=args.fill_budget,
-            scaling=args.scaling,
-            tau_start=args.tau_start,
-            tau_end=args.tau_end,
-            decay_end_frac=args.decay_end_frac,
+            **lrlora_config_settings(args),
         )
         torch.manual_seed(args.seed)
         self.model = inject(model, config)

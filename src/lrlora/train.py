@@ -62,7 +62,17 @@ def _from_lrlora(name: str) -> Any:
     """A field with the default and help text of ``LRLoRAConfig.<name>`` (no second copy),
     marked as LR-LoRA's own (a benchmark result records it)."""
     source = next(f for f in dataclasses.fields(LRLoRAConfig) if f.name == name)
-    return _help(f"LR-LoRA: {source.metadata['help']}", source.default, method="lr-lora")
+    return _help(
+        f"LR-LoRA: {source.metadata['help']}", source.default, method="lr-lora", config=True
+    )
+
+
+def lrlora_config_settings(args: TrainArgs) -> dict[str, Any]:
+    """The ``TrainArgs`` fields that are ``LRLoRAConfig`` fields as they are (rank_lr,
+    init_rank, scaling, ...), by name: what the run passes on to the adapter's config."""
+    return {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.metadata.get("config")
+    }
 
 
 @dataclass

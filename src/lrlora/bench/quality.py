@@ -102,6 +102,12 @@ class BenchArgs:
             found[suite.description or name] = build_plan(matrix, self.results_path)
         return found
 
+    def budget_plans(self) -> dict[int, BenchPlan]:
+        """Budget rank -> plan of the report's matrix at that rank, for each of its
+        ``budgets`` (empty if it names none)."""
+        m = self.report_matrix()
+        return {r: build_plan(m.select(budget_rank=r), self.results_path) for r in m.budgets}
+
     def report_matrix(self) -> Matrix:
         """What the report covers: the whole suite at this budget rank, so that a process
         running a few tasks or methods does not shrink the report to them."""
@@ -366,7 +372,9 @@ def run_matrix(
             ran += len(todo)
         if ran:
             report = build_plan(args.report_matrix(), args.results_path)
-            write_report(report, args.docs_path, command_line(), args.companions())
+            write_report(
+                report, args.docs_path, command_line(), args.companions(), args.budget_plans()
+            )
     return failed
 
 
@@ -414,7 +422,9 @@ def run_bench(args: BenchArgs) -> int:
         return 0
     failed = [] if args.report_only else run_matrix(args)
     plan = build_plan(args.report_matrix(), args.results_path)
-    report = write_report(plan, args.docs_path, command_line(), args.companions())
+    report = write_report(
+        plan, args.docs_path, command_line(), args.companions(), args.budget_plans()
+    )
     print(f"\nreport: {report}")
     if failed:
         print(f"{len(failed)} run(s) failed and stay pending: {', '.join(failed)}")

@@ -42,22 +42,32 @@ def _params(value: float | None) -> str:
 
 
 # -- figures ------------------------------------------------------------------------------------
-def make_figures(plan: BenchPlan, table: dict, figures_dir: Path) -> dict[str, Path]:
-    """Score vs parameters, one LR-LoRA rank heat map per task, mean rank by role and
-    depth; each only when there are results to draw. Name -> path."""
+def _points(table: dict) -> list[dict]:
+    return [
+        {"task": c.task, "method": c.method, "score": c.mean, "std": c.std, "params": c.mean_params}
+        for c in table.values()
+        if c.mean is not None
+    ]
+
+
+def make_figures(
+    plan: BenchPlan, table: dict, figures_dir: Path, budgets: dict[int, dict] | None = None
+) -> dict[str, Path]:
+    """Score vs parameters (across ``budgets``, rank -> table, where more than one has
+    results), one LR-LoRA rank heat map per task, mean rank by role and depth; each only
+    when there are results to draw. Name -> path."""
     from ..plots import rank_by_role_and_depth, rank_heatmap, score_vs_params
 
     m = plan.matrix
     prefix = f"{m.label}-r{m.budget_rank}"
     made: dict[str, Path] = {}
-    points = [
-        {"task": c.task, "method": c.method, "score": c.mean, "std": c.std, "params": c.mean_params}
-        for c in table.values()
-        if c.mean is not None
-    ]
+    points = _points(table)
+    title = f"{m.label}: score (mean ± std over seeds) vs adapter parameters"
+    if budgets and len(budgets) > 1:
+        points = [p for other in budgets.values() for p in _points(other)]
+        title += f", budget ranks {', '.join(map(str, budgets))}"
     if points:
         path = figures_dir / f"{prefix}-score-vs-params.png"
-        title = f"{m.label}: score (mean ± std over seeds) vs adapter parameters"
         made["score vs adapter parameters"] = score_vs_params(points, path, title=title)
     rows_by_task = agg.rank_rows(plan.results(FINAL))
     for (task, variant), (path, rows) in heatmaps(plan, figures_dir).items():
@@ -322,6 +332,68 @@ def _variant_section(plan: BenchPlan, table: dict) -> list[str]:
     return lines
 
 
+def budget_tables(budgets: dict[int, BenchPlan] | None) -> dict[int, dict]:
+    """Budget rank -> table of cells, for the budgets with at least one final result."""
+    tables = {}
+    for rank, other in sorted((budgets or {}).items()):
+        table = agg.cells(other.matrix, other.results(FINAL))
+        if any(c.mean is not None for c in table.values()):
+            tables[rank] = table
+    return tables
+
+
+def _budget_section(plan: BenchPlan, budgets: dict[int, BenchPlan] | None) -> list[str]:
+    """Each method at every budget rank with results, and LR-LoRA against each baseline
+    per budget: whether more rank helps at this sizing, and whether LR-LoRA's margin moves
+    with the budget."""
+    m, tables = plan.matrix, budget_tables(budgets)
+    if len(tables) < 2:
+        return []
+    lines = _table_section(
+        "Across budgets",
+        "The same tasks, sizing, seeds and learning-rate grid at each budget rank "
+        "(`lrlora bench --budget-rank R`, tuned per budget; reports RESULTS-rR.md): mean ± "
+        "std over seeds, seeds finished and adapter parameters.",
+        ["method", "budget rank", *m.tasks],
+    )
+    spreads = []
+    for method in m.methods:
+        means: dict[str, list[float]] = {t: [] for t in m.tasks}
+        for rank, table in tables.items():
+            cells = [table[t, method] for t in m.tasks]
+            if all(c.mean is None for c in cells):
+                continue
+            lines.append(f"| {method} | {rank} | {' | '.join(map(_cell_text, cells))} |")
+            for c in cells:
+                if c.mean is not None:
+                    means[c.task].append(c.mean)
+        spreads += [
+            f"{method} {task} {max(found) - min(found):.2f}"
+            for task, found in means.items()
+            if len(found) > 1
+        ]
+    if spreads:
+        lines += ["", "Spread of each method's mean across the budgets (largest minus "
+                  "smallest): " + ", ".join(spreads) + "."]  # fmt: skip
+    duel_rows = []
+    for rank, table in tables.items():
+        found = [d for d in agg.duels(budgets[rank].matrix, table) if not is_variant(d.baseline)]
+        for baseline in dict.fromkeys(d.baseline for d in found):
+            mine = [d for d in found if d.baseline == baseline]
+            if all(d.diff is None for d in mine):
+                continue
+            cells = [
+                DASH if d.diff is None else f"{d.diff:+.2f} ({d.wins}–{d.losses}–{d.ties})"
+                for d in mine
+            ]
+            duel_rows.append(f"| {baseline} | {rank} | {' | '.join(cells)} |")
+    if duel_rows:
+        lines += ["", "LR-LoRA's mean minus the baseline's at each budget (seeds "
+                  "won–lost–tied):", "", f"| baseline | budget rank | {' | '.join(m.tasks)} |",
+                  "|---" * (len(m.tasks) + 2) + "|", *duel_rows]  # fmt: skip
+    return lines
+
+
 def _subscore_section(plan: BenchPlan) -> list[str]:
     """Per-part accuracy (each commonsense test set) by method, mean over seeds, with the
     base model's zero-shot row."""
@@ -404,8 +476,14 @@ def _rank_section(plan: BenchPlan) -> list[str]:
     return lines
 
 
-def render(plan: BenchPlan, figures: dict[str, str], command: list[str] | None = None) -> str:
-    """The report's Markdown; ``figures`` maps a caption to a path relative to the report."""
+def render(
+    plan: BenchPlan,
+    figures: dict[str, str],
+    command: list[str] | None = None,
+    budgets: dict[int, BenchPlan] | None = None,
+) -> str:
+    """The report's Markdown; ``figures`` maps a caption to a path relative to the report;
+    ``budgets`` (rank -> plan) adds the comparison across budget ranks."""
     table = agg.cells(plan.matrix, plan.results(FINAL))
     sections = [
         _header(plan, command) + _status(plan),
@@ -413,6 +491,7 @@ def render(plan: BenchPlan, figures: dict[str, str], command: list[str] | None =
         _lr_section(plan),
         _score_table(plan, table),
         _duel_section(plan, table),
+        _budget_section(plan, budgets),
         _variant_section(plan, table),
         _subscore_section(plan),
         _figures_section(figures),
@@ -456,15 +535,18 @@ def write_report(
     out_dir: str | Path,
     command: list[str] | None = None,
     companions: dict[str, BenchPlan] | None = None,
+    budgets: dict[int, BenchPlan] | None = None,
 ) -> Path:
     """Draw the figures into ``out_dir/figures`` and write ``out_dir/<report_name>.md``,
-    followed by a summary of each of ``companions`` (title -> plan of another suite)."""
+    with the comparison across ``budgets`` (rank -> plan of the matrix at that budget
+    rank) and followed by a summary of each of ``companions`` (title -> plan of another
+    suite)."""
     out_dir = Path(out_dir)
     table = agg.cells(plan.matrix, plan.results(FINAL))
-    figures = make_figures(plan, table, out_dir / "figures")
+    figures = make_figures(plan, table, out_dir / "figures", budget_tables(budgets))
     relative = {name: path.relative_to(out_dir).as_posix() for name, path in figures.items()}
     path = out_dir / f"{plan.matrix.report_name}.md"
-    text = render(plan, relative, command)
+    text = render(plan, relative, command, budgets)
     for title, other in (companions or {}).items():
         text += "\n".join(companion_section(other, out_dir, title)) + "\n"
     _write_text_atomic(path, text)

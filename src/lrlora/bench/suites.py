@@ -124,6 +124,10 @@ class Matrix:
     companions: tuple[str, ...] = ()
     """Suites whose (full) results this report summarises after its own, with a link to
     their full report."""
+    budgets: tuple[int, ...] = ()
+    """Budget ranks the report sets side by side (its own among them): a table of each
+    method's scores per budget, and a score-vs-parameters curve per method. Each budget's
+    runs are its own matrix (``lrlora bench --budget-rank R``), read from the same results."""
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -268,6 +272,7 @@ SUITES: dict[str, Suite] = {
             (0, 1, 2),
             dict.fromkeys(_METHODS, _GRID),
             companions=("commonsense",),
+            budgets=(2, 4, 8),
         ),
         quick=Matrix(
             "glue-quick", GLUE_QUICK_SIZING, _METHODS, (0,), dict.fromkeys(_METHODS, (1e-3,))

@@ -9,7 +9,7 @@ from fakes import fill, small_matrix, write
 from lrlora.bench.plan import FINAL, build_plan
 from lrlora.bench.quality import BenchArgs, train_args
 from lrlora.bench.results_md import render
-from lrlora.bench.suites import ABLATION_VARIANTS, SUITES, Suite
+from lrlora.bench.suites import ABLATION_VARIANTS, ATTENTION_ONLY_LORA, SUITES, Suite
 from lrlora.bench.variants import split_method
 
 VARIANT = "lr-lora+init_rank=8+fill_budget=false"
@@ -40,7 +40,24 @@ def test_a_bad_variant_says_what_is_wrong(name, message):
 
 def test_the_ablation_variants_parse():
     for name in ABLATION_VARIANTS:
-        assert split_method(name)[0] == "lr-lora"
+        assert split_method(name)[0] == ("lora" if name == ATTENTION_ONLY_LORA else "lr-lora")
+
+
+def test_a_variant_can_place_the_budget_on_other_layers(tmp_path):
+    method, changes = split_method(ATTENTION_ONLY_LORA)
+    targets = ["query", "key", "value", "attention.output.dense"]
+    assert (method, changes) == ("lora", {"target_modules": targets, "budget_rank": 9})
+    with pytest.raises(ValueError, match="target_modules=a,b,c"):
+        split_method("lora+target_modules=,")
+    matrix = small_matrix(methods=("lora", ATTENTION_ONLY_LORA))
+    fill(tmp_path, matrix, {})
+    plan = build_plan(matrix, tmp_path)
+    spec = next(s for s in plan.runs if s.method == ATTENTION_ONLY_LORA)
+    args = BenchArgs(results_dir=str(tmp_path), runs_dir=str(tmp_path / "runs"))
+    targs = train_args(spec, plan, args)
+    assert (targs.target_modules, targs.budget_rank, spec.budget_rank) == (targets, 9, 4)
+    plain = train_args(next(s for s in plan.runs if s.method == "lora"), plan, args)
+    assert (plain.target_modules, plain.budget_rank) == (None, 4)
 
 
 def ablation_matrix(**changes):

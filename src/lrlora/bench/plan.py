@@ -94,7 +94,8 @@ def planned_settings(method: str, task: str, budget_rank: int) -> dict[str, Any]
     """The settings this version trains ``method`` with on ``task``: the defaults (as
     resolved for the budget) and a variant's changes."""
     base, changes = split_method(method)
-    args = TrainArgs(task=task, method=base, budget_rank=budget_rank, **changes)
+    changes.setdefault("budget_rank", budget_rank)
+    args = TrainArgs(task=task, method=base, **changes)
     return settings(args.to_dict(), method)
 
 

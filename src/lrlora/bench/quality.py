@@ -157,6 +157,7 @@ def train_args(spec: RunSpec, plan: BenchPlan, args: BenchArgs) -> TrainArgs:
     seed; tuning runs hold out the validation slice and are scored on it."""
     sizing, tune = plan.matrix.sizing[spec.task], spec.stage == TUNE
     method, changes = split_method(spec.method)
+    changes.setdefault("budget_rank", spec.budget_rank)  # a variant may place it elsewhere
     return TrainArgs(
         task=spec.task,
         method=method,
@@ -164,7 +165,6 @@ def train_args(spec: RunSpec, plan: BenchPlan, args: BenchArgs) -> TrainArgs:
         data_dir=args.data_dir,
         output_dir=str(args.runs_path / spec.filename[:-5]),
         overwrite=True,  # only unfinished runs get here: their directory is stale
-        budget_rank=spec.budget_rank,
         lr=spec.lr,
         seed=spec.seed,
         batch_size=sizing.batch_size,

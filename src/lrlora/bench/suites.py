@@ -220,6 +220,11 @@ GLUE_QUICK_SIZING = {
     )
 }
 
+ATTENTION_ONLY_LORA = "lora+target_modules=query,key,value,attention.output.dense+budget_rank=9"
+"""LoRA with the whole budget in attention: rank 9 on query, key, value and attention output
+costs 6 x 4 x 768 x 9 = 165,888 parameters on MiniLM, exactly rank 4 on every layer. If it
+scores like LoRA everywhere, moving rank between attention and the MLP cannot help either."""
+
 ABLATION_VARIANTS = (
     "lr-lora+rank_update=optimizer",
     "lr-lora+rebalance_every=50",
@@ -231,6 +236,7 @@ ABLATION_VARIANTS = (
     "lr-lora+fill_budget=false",
     "lr-lora+init_rank=8",
     "lr-lora+r_max=16",
+    ATTENTION_ONLY_LORA,
 )
 """LR-LoRA with one setting changed each (see :mod:`lrlora.bench.variants`), in the order
 worth running. First the former defaults: re-balancing every 50 steps (the default until a
@@ -239,7 +245,8 @@ alpha / budget rank (LoRA's at the budget; on SST-2 alpha / r_max beat it on eve
 docs/METHOD.md). Then the rank learning rate: at the default 0.02 the SST-2 runs moved rho
 by less than one rank from the budget rank in 400 steps (3.4 to 4.8), so the learned
 allocation was nearly LoRA's uniform one. Results of variants made under a former default
-are kept in ``results/stale/``."""
+are kept in ``results/stale/``. Last, a fixed allocation of LoRA's
+(:data:`ATTENTION_ONLY_LORA`), to measure what reallocating the budget can gain at all."""
 
 
 COMMONSENSE_VARIANTS = (

@@ -2,8 +2,12 @@
 those :class:`~lrlora.train.TrainArgs` fields changed.
 
 A variant name is a method, then ``+field=value`` for each changed field, values written as
-on the command line (``true``/``false`` for flags). It is used as the method of a benchmark
-run, so its id and result file name say exactly what was changed.
+on the command line (``true``/``false`` for flags, commas between the items of a list). It
+is used as the method of a benchmark run, so its id and result file name say exactly what
+was changed. A variant may also place the budget differently:
+``lora+target_modules=query,key,value,attention.output.dense+budget_rank=9`` is LoRA at rank
+9 on the attention layers only, the same parameter count as rank 4 on every layer of
+MiniLM (the report states each cell's parameters).
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ def _convert(name: str, text: str, annotation: Any) -> Any:
             raise ValueError(f"{name} must be one of {kinds}, got {text!r}")
         return text
     kind = kinds[0]
+    if typing.get_origin(kind) is list:
+        items = [item for item in text.split(",") if item]
+        if not items:
+            raise ValueError(f"{name} is a list: write {name}=a,b,c")
+        return items
     if kind is bool:
         if text.lower() not in _TRUE + _FALSE:
             raise ValueError(f"{name} is a flag: write {name}=true or {name}=false")

@@ -248,6 +248,10 @@ def rank_trajectories(
 
 
 # -- 3. score vs parameters ------------------------------------------------------------------
+_LABEL_CHARS = 32
+"""Longest method name written beside its point in the score-vs-parameters panels."""
+
+
 def _plot_task(ax, points: list[dict], styles: dict[str, tuple[str, str]]) -> None:
     """One task: a marker per method, error bars where given, the method name beside it."""
     from matplotlib.ticker import EngFormatter, MaxNLocator, NullFormatter
@@ -262,8 +266,9 @@ def _plot_task(ax, points: list[dict], styles: dict[str, tuple[str, str]]) -> No
         line = "-" if len(mine) > 1 else "none"
         ax.errorbar(xs, ys, yerr=yerr, color=colour, marker=marker, markersize=7, capsize=3,
                     linewidth=0.8, linestyle=line, label=method)  # fmt: skip
-        ax.annotate(method, (xs[-1], ys[-1]), xytext=(5, 4), textcoords="offset points",
-                    fontsize=7, color=colour)  # fmt: skip
+        if len(method) <= _LABEL_CHARS:  # a longer name would squeeze the panel; see legend
+            ax.annotate(method, (xs[-1], ys[-1]), xytext=(5, 4), textcoords="offset points",
+                        fontsize=7, color=colour)  # fmt: skip
     params = [p["params"] for p in points]
     if min(params) > 0 and max(params) / min(params) >= 20:
         ax.set_xscale("log")

@@ -133,3 +133,15 @@ def test_one_budget_alone_gets_no_budget_section(matrix, tmp_path):
     fill(tmp_path, matrix, FULL)
     budgets = {r: build_plan(matrix.select(budget_rank=r), tmp_path) for r in (2, 4)}
     assert "Across budgets" not in render(build_plan(matrix, tmp_path), {}, budgets=budgets)
+
+
+def test_another_report_of_the_same_runs_draws_its_own_score_figure(matrix, tmp_path):
+    pytest.importorskip("matplotlib")
+    fill(tmp_path / "results", matrix, FULL)
+    plan = build_plan(matrix, tmp_path / "results")
+    write_report(plan, tmp_path / "docs")
+    other = build_plan(dataclasses.replace(matrix, report_name="ABLATIONS"), tmp_path / "results")
+    text = write_report(other, tmp_path / "docs").read_text()
+    figures = tmp_path / "docs" / "figures"
+    assert "(figures/glue-test-r4-ablations-score-vs-params.png)" in text
+    assert (figures / "glue-test-r4-score-vs-params.png").exists()  # RESULTS.md's is kept

@@ -65,9 +65,11 @@ def make_figures(
     title = f"{m.label}: score (mean ± std over seeds) vs adapter parameters"
     if budgets and len(budgets) > 1:
         points = [p for other in budgets.values() for p in _points(other)]
+        points.sort(key=lambda p: m.tasks.index(p["task"]))  # panels in the matrix's order
         title += f", budget ranks {', '.join(map(str, budgets))}"
     if points:
-        path = figures_dir / f"{prefix}-score-vs-params.png"
+        own = "" if m.report_name.startswith("RESULTS") else f"-{m.report_name.lower()}"
+        path = figures_dir / f"{prefix}{own}-score-vs-params.png"  # differs between reports
         made["score vs adapter parameters"] = score_vs_params(points, path, title=title)
     rows_by_task = agg.rank_rows(plan.results(FINAL))
     for (task, variant), (path, rows) in heatmaps(plan, figures_dir).items():

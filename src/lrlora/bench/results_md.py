@@ -270,6 +270,14 @@ def _score_table(plan: BenchPlan, table: dict) -> list[str]:
     return lines
 
 
+def _duel_cell(duel: agg.Duel) -> str:
+    """LR-LoRA's mean minus the baseline's, then the seeds won–lost–tied; "–" before both
+    have a result."""
+    if duel.diff is None:
+        return DASH
+    return f"{duel.diff:+.2f} ({duel.wins}–{duel.losses}–{duel.ties})"
+
+
 def _duel_section(plan: BenchPlan, table: dict) -> list[str]:
     m = plan.matrix
     found = [d for d in agg.duels(m, table) if not is_variant(d.baseline)]  # variants: own section
@@ -284,7 +292,7 @@ def _duel_section(plan: BenchPlan, table: dict) -> list[str]:
     sentences = []
     for baseline in dict.fromkeys(d.baseline for d in found):
         mine = [d for d in found if d.baseline == baseline]
-        cells = [f"{_num(d.diff, sign=True)} ({d.wins}–{d.losses}–{d.ties})" for d in mine]
+        cells = list(map(_duel_cell, mine))
         won = sum(d.diff is not None and d.diff > 0 for d in mine)
         lost = sum(d.diff is not None and d.diff < 0 for d in mine)
         compared = sum(d.diff is not None for d in mine)
@@ -384,10 +392,7 @@ def _budget_section(plan: BenchPlan, budgets: dict[int, BenchPlan] | None) -> li
             mine = [d for d in found if d.baseline == baseline]
             if all(d.diff is None for d in mine):
                 continue
-            cells = [
-                DASH if d.diff is None else f"{d.diff:+.2f} ({d.wins}–{d.losses}–{d.ties})"
-                for d in mine
-            ]
+            cells = list(map(_duel_cell, mine))
             duel_rows.append(f"| {baseline} | {rank} | {' | '.join(cells)} |")
     if duel_rows:
         lines += ["", "LR-LoRA's mean minus the baseline's at each budget (seeds "

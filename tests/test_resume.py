@@ -162,3 +162,25 @@ def test_resume_refuses_other_settings_and_fresh_runs_refuse_old_checkpoints(tmp
         resume_point(TrainArgs(max_steps=30, **resume), world_size=2)
     with pytest.raises(ResumeError, match="written by 2 processes and this run has 1"):
         resume_point(TrainArgs(max_steps=24, **resume), world_size=1)
+
+
+def test_a_fresh_run_never_deletes_what_it_did_not_write(tmp_path):
+    """A `<output dir>.checkpoints/` holding user files is refused, not deleted; clearing a
+    checkpoint root removes only the step directories lrlora wrote."""
+    args = TrainArgs(output_dir=str(tmp_path / "run"), max_steps=24)
+    notes = args.checkpoint_dir / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("mine")
+    (args.checkpoint_dir / "step-abc").mkdir()  # not a step number: not ours either
+    with pytest.raises(RunExistsError, match=r"files lrlora did not write \(notes.txt, step-abc\)"):
+        check_checkpoints(args)
+    assert checkpoint.latest(args.checkpoint_dir) is None
+    saved = checkpoint.publish(checkpoint.begin(args.checkpoint_dir, 8), args.checkpoint_dir)
+    checkpoint.begin(args.checkpoint_dir, 16)  # a crash's leftover staging directory
+    checkpoint.clear(args.checkpoint_dir)
+    assert not saved.exists() and notes.read_text() == "mine"
+    assert sorted(p.name for p in args.checkpoint_dir.iterdir()) == ["notes.txt", "step-abc"]
+    notes.unlink()
+    (args.checkpoint_dir / "step-abc").rmdir()
+    checkpoint.clear(args.checkpoint_dir)
+    assert not args.checkpoint_dir.exists()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -32,6 +33,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 PREFIX = "step-"
+OURS = re.compile(rf"\.?{PREFIX}\d+(\.tmp)?")
+"""Names of what this module writes under a checkpoint root: ``step-<N>`` and its staging
+``.step-<N>.tmp``. Nothing else there is ever deleted."""
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -43,12 +47,34 @@ def staging_dir(root: Path, step: int) -> Path:
     return root / f".{PREFIX}{step:08d}.tmp"
 
 
+def is_ours(path: Path) -> bool:
+    """A checkpoint or staging directory written by this module."""
+    return path.is_dir() and OURS.fullmatch(path.name) is not None
+
+
 def latest(root: Path) -> Path | None:
     """The complete checkpoint with the highest step under ``root``, or None."""
     if not root.is_dir():
         return None
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
-    return max(found, key=lambda p: int(p.name[len(PREFIX) :]), default=None)
+    found = [p for p in root.iterdir() if is_ours(p) and not p.name.startswith(".")]
+    return max(found, key=step_of, default=None)
+
+
+def foreign(root: Path) -> list[Path]:
+    """What lies under ``root`` that this module did not write (never deleted)."""
+    return sorted(p for p in root.iterdir() if not is_ours(p)) if root.is_dir() else []
+
+
+def clear(root: Path) -> None:
+    """Delete the checkpoints and staging directories under ``root``, then ``root`` itself
+    if that left it empty; anything else in it stays where it is."""
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if is_ours(path):
+            shutil.rmtree(path, ignore_errors=True)
+    if not any(root.iterdir()):
+        root.rmdir()
 
 
 def begin(root: Path, step: int) -> Path:
@@ -65,13 +91,13 @@ def publish(tmp: Path, root: Path) -> Path:
     final = root / tmp.name[1:].removesuffix(".tmp")
     os.replace(tmp, final)
     for path in root.iterdir():
-        if path != final and path.is_dir() and path.name.lstrip(".").startswith(PREFIX):
+        if path != final and is_ours(path):
             shutil.rmtree(path, ignore_errors=True)
     return final
 
 
 def step_of(path: Path) -> int:
-    return int(path.name[len(PREFIX) :])
+    return int(path.name.lstrip(".").removesuffix(".tmp")[len(PREFIX) :])
 
 
 def read_json(path: Path) -> object:

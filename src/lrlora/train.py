@@ -20,13 +20,12 @@ import dataclasses
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import causal, runs
+from . import causal, checkpoint, runs
 from .baselines import ADALORA_ORTH_REG_WEIGHT
 from .causal import COMMONSENSE
 from .config import LRLoRAConfig, RankUpdate, ScalingRule
@@ -658,8 +657,15 @@ checkpoints, learning rates); any other difference is refused."""
 def check_checkpoints(args: TrainArgs) -> None:
     """A fresh run (no ``resume``) does not start over an interrupted run's checkpoints
     unless ``overwrite`` is given."""
-    from .checkpoint import latest
+    from .checkpoint import foreign, latest
 
+    others = foreign(args.checkpoint_dir)
+    if others:
+        names = ", ".join(p.name for p in others[:5]) + (" ..." if len(others) > 5 else "")
+        raise RunExistsError(
+            f"{args.checkpoint_dir} holds files lrlora did not write ({names}); it is where "
+            "this run keeps its checkpoints: move them away or choose another --output-dir."
+        )
     found = latest(args.checkpoint_dir)
     if found is not None and not args.resume and not args.overwrite:
         raise RunExistsError(
@@ -698,10 +704,10 @@ def resume_point(args: TrainArgs, world_size: int) -> Path | None:
 def tidy_checkpoints(args: TrainArgs, finished: bool) -> None:
     """After a published run, delete the checkpoints unless ``keep_checkpoints``; after a
     failure, keep them (or drop the directory if it holds none)."""
-    from .checkpoint import latest
+    from .checkpoint import clear, latest
 
     if (finished and not args.keep_checkpoints) or latest(args.checkpoint_dir) is None:
-        shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
+        clear(args.checkpoint_dir)
 
 
 def build_metrics(args: TrainArgs, setup: Setup, result: dict[str, Any]) -> dict[str, Any]:
@@ -798,7 +804,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         )
     main = trainer.is_world_process_zero()
     if main and not args.resume:  # what check_checkpoints let through is stale
-        shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
+        checkpoint.clear(args.checkpoint_dir)
     finished = False
     try:
         resume_from = resume_point(args, trainer.args.world_size)

@@ -240,7 +240,8 @@ def test_a_result_of_another_sizing_is_stale_and_kept_aside(matrix, tmp_path):
     assert spec.id not in build_plan(matrix, tmp_path).done
     write_result(path, {**record, "score": 70.0}, force=False)
     assert json.loads(path.read_text())["score"] == 70.0
-    kept = json.loads((tmp_path / "stale" / f"{path.stem}.T100.json").read_text())
+    (kept_path,) = (tmp_path / "stale").glob(f"{path.stem}.*.json")
+    kept = json.loads(kept_path.read_text())
     assert kept["sizing"]["steps"] == 8 and kept["score"] == 90.0
 
 
@@ -263,8 +264,32 @@ def test_a_result_of_other_method_settings_is_stale_and_kept_aside(matrix, tmp_p
     assert current["scaling"] != "budget" and spec.id not in build_plan(matrix, tmp_path).done
     write_result(path, {**record, "score": 70.0}, force=False)
     assert json.loads(path.read_text())["score"] == 70.0
-    kept = json.loads((tmp_path / "stale" / f"{path.stem}.T200.json").read_text())
+    (kept_path,) = (tmp_path / "stale").glob(f"{path.stem}.*.json")
+    kept = json.loads(kept_path.read_text())
     assert "scaling" not in kept["train_args"] and kept["score"] == 90.0
+
+
+def test_a_stale_result_cannot_choose_where_it_is_moved(matrix, tmp_path):
+    """The stale copy's name comes from the path and its mtime, not from the file: a
+    timestamp like 'x/../../escaped' neither escapes the results directory nor overwrites."""
+    results = tmp_path / "results"
+    results.mkdir()
+    spec = tuning_runs(matrix, "sst2", "lora")[0]
+    record = {**fake_result(spec, 90.0), "sizing": dataclasses.asdict(matrix.sizing["sst2"])}
+    path = results / spec.filename
+    victim = tmp_path / "escaped" / "evil.json"
+    victim.parent.mkdir()
+    victim.write_text("precious")
+    hostile = "x/../../../escaped/evil"
+    for score in (80.0, 85.0):  # twice: the second stale copy does not replace the first
+        stale = {**record, "sizing": {**record["sizing"], "steps": 8}, "timestamp": hostile}
+        path.write_text(json.dumps({**stale, "score": score}))
+        write_result(path, {**record, "score": 70.0}, force=False)
+    assert victim.read_text() == "precious"
+    written = sorted(p.parent for p in tmp_path.rglob("*.json") if p != victim)
+    assert written == [results, *[results / "stale"] * 2]
+    kept = sorted(json.loads(p.read_text())["score"] for p in (results / "stale").iterdir())
+    assert kept == [80.0, 85.0]
 
 
 def test_settings_of_another_method_do_not_make_a_result_stale():

@@ -263,6 +263,20 @@ class ResultExistsError(FileExistsError):
     """A finished result is in the way and ``force`` is off."""
 
 
+def stale_path(path: Path) -> Path:
+    """Where a stale result at ``path`` is kept: ``<results dir>/stale/<stem>.<mtime>.json``,
+    made unique with a counter. The name comes from the path and the file's modification
+    time, never from the file's contents, so a result cannot choose where it is moved."""
+    stamp = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stale = path.parent / "stale"
+    keep = stale / f"{path.stem}.{stamp}.json"
+    count = 1
+    while keep.exists():
+        keep = stale / f"{path.stem}.{stamp}-{count}.json"
+        count += 1
+    return keep
+
+
 def write_result(path: Path, record: dict[str, Any], force: bool) -> None:
     """Write a result atomically; a finished result is replaced only with ``force``. A stale
     one (another sizing of its task or other settings of its method than ``record``) is first
@@ -273,8 +287,7 @@ def write_result(path: Path, record: dict[str, Any], force: bool) -> None:
         recorded = record.get("train_args")
         method = settings(recorded, record["method"]) if recorded is not None else None
         if is_stale(existing, sizing, method):
-            stamp = str(existing.get("timestamp", "old")).replace(":", "")
-            keep = path.parent / "stale" / f"{path.stem}.{stamp}.json"
+            keep = stale_path(path)
             keep.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, keep)
             existing = None

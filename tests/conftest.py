@@ -19,7 +19,7 @@ def tiny_bert_dir(tmp_path_factory) -> str:
 
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from lrlora.tasks import load_split
+    from lrlora.app.tasks import load_split
 
     rows = load_split("sst2", "dev", limit=200) + load_split("stsb", "dev", limit=100)
     texts = [t for e in rows for t in (e.text_a, e.text_b) if t]
@@ -56,8 +56,13 @@ def single_thread():
 def tiny_llama_dir(tmp_path_factory) -> str:
     """A tiny Llama and a word-level tokenizer over the words of some commonsense rows (every
     test set and the training splits), saved as a local causal-LM directory."""
-    from lrlora.tasks import resolve_data_dir
-    from lrlora.tasks.commonsense import COMMONSENSE_TASKS, TRAIN_TASKS, format_prompt, load_items
+    from lrlora.app.tasks import resolve_data_dir
+    from lrlora.app.tasks.commonsense import (
+        COMMONSENSE_TASKS,
+        TRAIN_TASKS,
+        format_prompt,
+        load_items,
+    )
     from tiny import make_tokenizer, tiny_llama
 
     data_dir = resolve_data_dir()

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from lrlora.app.train import TrainArgs
 from lrlora.cli import SUBCOMMANDS, build_parser, main
-from lrlora.train import TrainArgs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -60,10 +60,32 @@ def test_train_flags_come_from_train_args(capsys):
 
 def test_bad_argument_values_exit_2(capsys):
     assert main(["train", "--budget-rank", "9", "--r-max", "8"]) == 2
-    assert "choose --budget-rank in [1, 8]" in capsys.readouterr().err
+    assert "choose a budget rank in (0, 8]" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--method", "sora"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tau-start", "0.01", "--tau-end", "0.5"], "temperature must fall"),
+        (["--init-rank", "20"], "init_rank must be in (0, r_max=8]"),
+        (["--rank-lr", "-1"], "rank_lr must be positive"),
+        (["--dropout", "1.5"], "dropout must be in [0, 1)"),
+        (["--decay-end-frac", "1.5"], "decay_end_frac"),
+    ],
+)
+def test_bad_lrlora_settings_are_refused_by_the_config_before_loading(
+    argv, message, tmp_path, capsys
+):
+    """The LR-LoRA settings are checked by LRLoRAConfig itself, before any data or model is
+    loaded (the data directory here is empty): one error line, exit 2, no run directory."""
+    run = tmp_path / "run"
+    assert main(["train", *argv, "--data-dir", str(tmp_path), "--output-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lrlora: error: ")
+    assert message in err and not run.exists()
 
 
 def test_missing_data_file_is_reported_without_traceback(tmp_path, capsys):

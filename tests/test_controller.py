@@ -4,26 +4,8 @@ import pytest
 import torch
 
 import lrlora
-from lrlora import demo
-from lrlora.controller import allowance, temperature
+from lrlora.app import demo
 from tiny import bert_config, random_batches, tiny_bert
-
-
-def test_temperature_is_a_pure_monotone_schedule():
-    for shape in ("cosine", "linear", "exp"):
-        taus = [temperature(s, 100, 1.0, 0.05, shape) for s in range(0, 121, 10)]
-        assert taus[0] == pytest.approx(1.0) and taus[10] == pytest.approx(0.05)
-        assert all(a >= b for a, b in zip(taus, taus[1:], strict=False))
-        assert taus[-1] == pytest.approx(0.05)  # held after the end
-
-
-def test_allowance_holds_decays_cubically_then_holds():
-    at = [allowance(s, 100, 1000.0, 400.0, 0.1, 0.6) for s in range(101)]
-    assert at[0] == at[10] == 1000.0
-    assert at[60] == at[100] == 400.0
-    assert all(a >= b for a, b in zip(at, at[1:], strict=False))
-    assert at[35] == pytest.approx(400 + 600 * 0.5**3)
-    assert allowance(50, 100, 300.0, 400.0, 0.1, 0.6) == 400.0  # never above a larger target
 
 
 def _train(model, steps, accumulate=1, seed=0, **controller_kw):
@@ -209,3 +191,58 @@ def test_shared_rank_moments_survive_a_state_dict_round_trip():
 def test_unknown_rank_update_is_refused():
     with pytest.raises(ValueError, match="rank_update must be 'shared' or 'optimizer'"):
         bert_config(rank_update="sgd")
+
+
+def test_a_second_controller_on_one_optimizer_is_refused_until_the_first_is_closed():
+    model = lrlora.inject(tiny_bert(), bert_config())
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    first = lrlora.RankController(model, optimizer, total_steps=5)
+    with pytest.raises(ValueError, match="already drives a RankController"):
+        lrlora.RankController(model, optimizer, total_steps=5)
+    first.close()
+    first.close()  # harmless twice
+    with lrlora.RankController(model, optimizer, total_steps=5) as second:
+        assert second.optimizer is optimizer
+    lrlora.RankController(model, optimizer, total_steps=5).close()  # released by the `with`
+
+
+def test_closing_removes_the_hooks():
+    """With its hooks removed the controller no longer takes rho's gradient before the
+    optimizer (the shared rank update): the optimizer moves rho itself."""
+    model = lrlora.inject(tiny_bert(), bert_config(rank_update="shared"))
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    with lrlora.RankController(model, optimizer, total_steps=5):
+        pass
+    layers = [layer for _, layer in lrlora.lora_layers(model)]
+    for layer in layers:
+        layer.rho.grad = torch.tensor(1.0)
+    optimizer.step()
+    assert all(layer.rho.grad is not None for layer in layers)
+    assert all(layer.rho in optimizer.state for layer in layers)
+
+
+def test_the_controller_finds_what_it_needs_on_the_adapters_through_a_wrapper():
+    """inject pins nothing on the user's model; a wrapper (as DDP or torch.compile put
+    around it) hides nothing from the controller, save or export."""
+    model = lrlora.inject(tiny_bert(), bert_config())
+    assert not hasattr(model, "lrlora_config") and not hasattr(model, "lrlora_reference_rank")
+    wrapper = torch.nn.ModuleDict({"module": model})
+    controller = lrlora.RankController(wrapper, None, total_steps=3)
+    direct = lrlora.RankController(model, None, total_steps=3)
+    assert controller.target_params == direct.target_params > 0
+    assert controller.config is direct.config
+
+
+def test_the_trainer_callback_refuses_a_controller_it_cannot_drive():
+    pytest.importorskip("transformers")
+    from lrlora.hf import check_reusable
+
+    model = lrlora.inject(tiny_bert(), bert_config())
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    with lrlora.RankController(model, optimizer, total_steps=5) as controller:
+        check_reusable(controller, optimizer, 5)
+        with pytest.raises(ValueError, match="plans 5 steps but the Trainer will take 8"):
+            check_reusable(controller, optimizer, 8)
+        other = torch.optim.SGD(lrlora.optimizer_groups(model, lr=1e-2))
+        with pytest.raises(ValueError, match="hooks another optimizer"):
+            check_reusable(controller, other, 5)

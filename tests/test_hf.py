@@ -3,6 +3,7 @@ import json
 import pytest
 
 import lrlora
+from lrlora.inject import config_of
 from tiny import bert_config, tiny_bert, train_with_trainer
 
 transformers = pytest.importorskip("transformers")
@@ -24,7 +25,7 @@ def test_trainer_callback_trains_anneals_and_exports(tmp_path):
     )
     controller = callback.controller
     assert controller.step_count == 12  # once per optimizer step, not per micro-batch
-    assert controller.tau == pytest.approx(model.lrlora_config.tau_end)
+    assert controller.tau == pytest.approx(config_of(model).tau_end)
     assert all(layer.hardened for _, layer in lrlora.lora_layers(model))
     assert [p["step"] for p in callback.trajectory] == [2, 4, 6, 8, 10, 12]
     assert callback.trajectory[0]["tau"] > callback.trajectory[-1]["tau"]

@@ -6,7 +6,7 @@
 - ``demo``: :func:`lrlora.demo.run`, the teacher/student problem with known ranks.
 - ``bench``: :func:`lrlora.bench.quality.run_bench`, the quality matrix; its flags are
   generated from :class:`lrlora.bench.quality.BenchArgs`.
-- ``bench-speed``: :func:`lrlora.bench.speed.run_speed_bench`, step time and memory
+- ``bench-speed``: :func:`lrlora.bench.speed_md.run_speed_bench`, step time and memory
   against the baselines; its flags are generated from :class:`lrlora.bench.speed.SpeedArgs`.
 
 A subcommand is an entry of :data:`SUBCOMMANDS`: ``name -> Subcommand(help,
@@ -80,13 +80,13 @@ def _error(message: str) -> int:
 
 # -- subcommands --------------------------------------------------------------------------------
 def _add_train(parser: argparse.ArgumentParser) -> None:
-    from .train import TrainArgs
+    from .app.train import TrainArgs
 
     add_dataclass_arguments(parser, TrainArgs)
 
 
 def _run_train(namespace: argparse.Namespace) -> int:
-    from .train import USER_ERRORS, TrainArgs, train
+    from .app.train import USER_ERRORS, TrainArgs, train
 
     try:
         args = dataclass_from_namespace(TrainArgs, namespace)
@@ -104,7 +104,7 @@ def _add_report(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_report(namespace: argparse.Namespace) -> int:
-    from .runs import report
+    from .app.runs import report
 
     try:
         print(report(namespace.run_dir))
@@ -119,7 +119,7 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(namespace: argparse.Namespace) -> int:
-    from .demo import run
+    from .app.demo import run
 
     run(steps=namespace.steps, seed=namespace.seed, show=True)
     return 0
@@ -148,7 +148,8 @@ def _add_bench_speed(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_bench_speed(namespace: argparse.Namespace) -> int:
-    from .bench.speed import SpeedArgs, run_speed_bench
+    from .bench.speed import SpeedArgs
+    from .bench.speed_md import run_speed_bench
 
     try:
         args = dataclass_from_namespace(SpeedArgs, namespace)

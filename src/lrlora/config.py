@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from .util import field_help as _help
 
 RankMode = Literal["budget", "penalty"]
 ScalingRule = Literal["budget", "max", "sqrt"]
 TauShape = Literal["cosine", "linear", "exp"]
 RankUpdate = Literal["shared", "optimizer"]
-
-
-def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
-    """A dataclass field whose help text is kept in its metadata."""
-    return field(default=default, metadata={"help": text}, **kw)
 
 
 @dataclass

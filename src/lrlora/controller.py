@@ -25,16 +25,30 @@ A and B, which FSDP2 shards: under FSDP2 they refuse (harden a gathered, unshard
 
 from __future__ import annotations
 
-import math
+import weakref
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from .budget import trim_to_budget
 from .config import LRLoRAConfig
-from .inject import config_of, lora_layers
-from .layer import LRLoRALinear
+from .inject import config_of, lora_layers, reference_rank_of
+from .schedules import allowance, temperature
+
+__all__ = [
+    "ControllerNotSteppedError",
+    "RankController",
+    "ReplicaMismatchError",
+    "allowance",
+    "temperature",
+    "trim_to_budget",
+]
+
+_CLAIMED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+"""Optimizers a live controller has hooked: a second controller on one is refused (its
+hooks would apply the penalty and the rank update twice)."""
 
 try:  # FSDP2 shards parameters as DTensors
     from torch.distributed.tensor import DTensor
@@ -56,32 +70,6 @@ class ControllerNotSteppedError(RuntimeError):
 
 class ReplicaMismatchError(RuntimeError):
     """Data-parallel processes hold different rho, tau or allowance (DESIGN property 8)."""
-
-
-def temperature(step: int, total: int, start: float, end: float, shape: str = "cosine") -> float:
-    """tau at ``step``: from ``start`` at 0 to ``end`` at ``total``, then held."""
-    t = min(max(step / max(total, 1), 0.0), 1.0)
-    if shape == "linear":
-        return start + (end - start) * t
-    if shape == "exp":
-        return start * (end / start) ** t
-    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * t))
-
-
-def allowance(
-    step: int, total: int, initial: float, target: float, warmup_frac: float, decay_end_frac: float
-) -> float:
-    """Allowed adapter size at ``step``: ``initial`` during warm-up, a cubic decay to
-    ``target`` by ``decay_end_frac`` of training, then ``target`` (AdaLoRA's schedule)."""
-    if initial <= target:
-        return target
-    start, end = warmup_frac * total, decay_end_frac * total
-    if step <= start:
-        return initial
-    if step >= end:
-        return target
-    remaining = 1.0 - (step - start) / (end - start)
-    return target + (initial - target) * remaining**3
 
 
 class RankController:
@@ -118,18 +106,47 @@ class RankController:
         self._on_device: dict[str, torch.Tensor] = {}
         self._last_shift = torch.zeros((), dtype=torch.float64)
         self.max_params = float(costs.sum()) * self.config.r_max
-        self.target_params = float(model.lrlora_reference_rank * costs.sum())
+        self.target_params = float(reference_rank_of(model) * costs.sum())
         self._set_tau(self.tau)
         self.initial_params = self._soft_cost(self._rhos(), self.tau)
-        if optimizer is not None:
-            optimizer.register_step_pre_hook(lambda *_: self.average_rank_gradients())
-        if optimizer is not None and self.config.rank_mode == "penalty":
-            optimizer.register_step_pre_hook(lambda *_: self.apply_penalty())
         self._rank_m: torch.Tensor | None = None  # shared rank update: first moments (L,)
         self._rank_v: torch.Tensor | None = None  # and the one second moment all layers share
         self._rank_t = 0
-        if optimizer is not None and self.config.rank_update == "shared":
-            optimizer.register_step_pre_hook(lambda *_: self.update_ranks())
+        self._handles = self._hook(optimizer) if optimizer is not None else []
+
+    # -- hooks ------------------------------------------------------------------------------
+    def _hook(self, optimizer: torch.optim.Optimizer) -> list[Any]:
+        """Register the pre-step work on ``optimizer`` (at most one controller per optimizer);
+        returns the handles :meth:`close` removes."""
+        if optimizer in _CLAIMED:
+            raise ValueError(
+                "this optimizer already drives a RankController: a second one would apply the "
+                "rank update and penalty twice. close() the first (or build it in a `with` "
+                "block), or reuse it."
+            )
+        work = [self.average_rank_gradients]
+        if self.config.rank_mode == "penalty":
+            work.append(self.apply_penalty)
+        if self.config.rank_update == "shared":
+            work.append(self.update_ranks)
+        handles = [optimizer.register_step_pre_hook(lambda *_, f=f: f()) for f in work]
+        _CLAIMED.add(optimizer)
+        return handles
+
+    def close(self) -> None:
+        """Remove this controller's optimizer hooks and release the optimizer for another
+        controller; the ranks and the controller's state stay as they are."""
+        for handle in self._handles:
+            handle.remove()
+        if self._handles:
+            _CLAIMED.discard(self.optimizer)
+        self._handles = []
+
+    def __enter__(self) -> RankController:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- schedules ------------------------------------------------------------------------
     @property
@@ -462,23 +479,3 @@ class RankController:
         self._set_tau(self.tau)
         for layer in self.layers:
             layer.steps.fill_(self.step_count)
-
-
-def trim_to_budget(layers: list[LRLoRALinear], ranks: list[int], budget: float) -> list[int]:
-    """Drop the weakest top components (by ||b_i|| ||a_i|| per parameter) until the
-    hard adapter fits in ``budget`` parameters."""
-    ranks = list(ranks)
-    strengths = [layer.lora_B.norm(dim=0) * layer.lora_A.norm(dim=1) for layer in layers]
-
-    def size() -> int:
-        return sum(r * layer.cost_per_rank for r, layer in zip(ranks, layers, strict=True))
-
-    while size() > budget + 1e-6:
-        candidates = [
-            (float(strengths[i][ranks[i] - 1]) / layers[i].cost_per_rank, i)
-            for i in range(len(layers))
-            if ranks[i] > 0
-        ]
-        _, weakest = min(candidates)
-        ranks[weakest] -= 1
-    return ranks

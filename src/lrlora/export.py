@@ -14,7 +14,6 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,41 +23,11 @@ from torch import nn
 
 from .config import LRLoRAConfig
 from .controller import ControllerNotSteppedError, RankController
-from .inject import config_of, inject, lora_layers, matches
+from .inject import config_of, inject, lora_layers, matches, reference_rank_of
 from .layer import LRLoRALinear
+from .util import publish_dir, staging_dir, write_json_atomic
 
 FORMAT_VERSION = 1
-
-
-# -- atomic writes --------------------------------------------------------------------------
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a crash leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written directory into place; an existing one is replaced only after
-    the new one is complete."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def _staging_dir(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
 
 
 def _refuse_overwrite(path: Path, overwrite: bool) -> None:
@@ -94,12 +63,12 @@ def save(
     """Save the adapter (and, for resuming, the controller and optimizer) atomically."""
     final = Path(path)
     _refuse_overwrite(final, overwrite)
-    tmp = _staging_dir(final)
+    tmp = staging_dir(final)
     try:
         meta = {
             "format_version": FORMAT_VERSION,
             "config": config_of(model).to_dict(),
-            "reference_rank": model.lrlora_reference_rank,
+            "reference_rank": reference_rank_of(model),
             "layers": [name for name, _ in lora_layers(model)],
             "extra": extra or {},
         }
@@ -164,7 +133,8 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Inject adapters as saved in ``path`` into a fresh base model and load their weights."""
     meta = read_meta(path)
     inject(model, LRLoRAConfig.from_dict(meta["config"]))
-    model.lrlora_reference_rank = meta["reference_rank"]
+    for _, layer in lora_layers(model):
+        layer.reference_rank = meta["reference_rank"]
     names = [name for name, _ in lora_layers(model)]
     if names != meta["layers"]:
         raise ValueError(f"{path} was saved for other layers than this model has: {names[:3]}...")
@@ -267,7 +237,7 @@ def export_peft(
         "use_dora": False,
         "inference_mode": True,
     }
-    tmp = _staging_dir(final)
+    tmp = staging_dir(final)
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -290,7 +260,4 @@ def merge(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         layer.merge()
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer.base)
-    for attr in ("lrlora_config", "lrlora_reference_rank"):
-        if hasattr(model, attr):
-            delattr(model, attr)
     return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from .controller import RankController
@@ -23,8 +24,10 @@ class LRLoRACallback(TrainerCallback):
         trainer = Trainer(model, args, ..., optimizers=(optimizer, None),
                           callbacks=[LRLoRACallback()])
 
-    A ``controller`` given here (built on the unwrapped model, for ``max_steps`` steps) is
-    used instead of a new one, e.g. to restore its state before training resumes.
+    A ``controller`` given here (built on the unwrapped model and the optimizer handed to
+    the Trainer, for the Trainer's ``max_steps``) is used instead of a new one, e.g. to
+    restore its state before training resumes; one that does not fit is refused with the
+    reason, never replaced (its hooks would stay on the optimizer).
     Under DDP/FSDP (torchrun, accelerate launch) every process runs the callback; the
     callback handler hands it the unwrapped model, so the controller sees the adapters.
     """
@@ -45,8 +48,10 @@ class LRLoRACallback(TrainerCallback):
 
         if isinstance(optimizer, AcceleratedOptimizer):  # the controller hooks the real one
             optimizer = optimizer.optimizer
-        if self.controller is None or self.controller.total_steps != state.max_steps:
+        if self.controller is None:
             self.controller = RankController(model, optimizer, total_steps=state.max_steps)
+        else:
+            check_reusable(self.controller, optimizer, state.max_steps)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.controller.step()
@@ -56,6 +61,23 @@ class LRLoRACallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.harden_at_end:
             self.controller.harden()
+
+
+def check_reusable(
+    controller: RankController, optimizer: torch.optim.Optimizer | None, max_steps: int
+) -> None:
+    """Refuse a given controller the Trainer cannot drive as it is, saying why."""
+    if controller.total_steps != max_steps:
+        raise ValueError(
+            f"the RankController given to LRLoRACallback plans {controller.total_steps} steps "
+            f"but the Trainer will take {max_steps}: build it with total_steps={max_steps}."
+        )
+    if controller.optimizer is not None and controller.optimizer is not optimizer:
+        raise ValueError(
+            "the RankController given to LRLoRACallback hooks another optimizer than the "
+            "Trainer's: build it on the optimizer passed as Trainer(optimizers=(optimizer, "
+            "None)), or give no controller and let the callback build one."
+        )
 
 
 def snapshot(controller: RankController) -> dict[str, Any]:

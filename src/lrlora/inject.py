@@ -107,10 +107,9 @@ def inject(model: nn.Module, config: LRLoRAConfig) -> nn.Module:
             dropout=config.dropout,
             sqrt_scaling=config.scaling == "sqrt",
         )
+        layer.config, layer.reference_rank = config, ref  # on our layers: a wrapper hides none
         setattr(parent, child, layer)
     _unfreeze_saved(model, config.modules_to_save)
-    model.lrlora_config = config  # read back by save/export/controller
-    model.lrlora_reference_rank = ref
     return model
 
 
@@ -126,11 +125,22 @@ def _unfreeze_saved(model: nn.Module, names: list[str]) -> None:
         raise ValueError(f"modules_to_save {missing} matched no module in {type(model).__name__}.")
 
 
-def config_of(model: nn.Module) -> LRLoRAConfig:
-    config = getattr(model, "lrlora_config", None)
-    if not isinstance(config, LRLoRAConfig):
+def _first_layer(model: nn.Module) -> LRLoRALinear:
+    layer = next((layer for _, layer in lora_layers(model)), None)
+    if layer is None or not isinstance(layer.config, LRLoRAConfig):
         raise ValueError("this model has no LR-LoRA adapters: call lrlora.inject(model, config).")
-    return config
+    return layer
+
+
+def config_of(model: nn.Module) -> LRLoRAConfig:
+    """The config the model's adapters were injected with (found on them, so a DDP or
+    ``torch.compile`` wrapper around the model hides nothing)."""
+    return _first_layer(model).config
+
+
+def reference_rank_of(model: nn.Module) -> float:
+    """The LoRA rank whose size equals the adapters' budget (see :func:`reference_rank`)."""
+    return _first_layer(model).reference_rank
 
 
 def optimizer_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:

@@ -49,6 +49,12 @@ class LRLoRALinear(nn.Module):
         dropout: dropout probability on the adapter input.
     """
 
+    config: Any = None
+    """The :class:`~lrlora.LRLoRAConfig` the layer was injected with (set by
+    :func:`lrlora.inject`; the controller, save and export read it here, not on the model)."""
+    reference_rank: float | None = None
+    """The LoRA rank whose size equals the budget (set by :func:`lrlora.inject`)."""
+
     def __init__(
         self,
         base: nn.Module,

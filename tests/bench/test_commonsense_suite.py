@@ -86,7 +86,7 @@ def test_an_untuned_matrix_needs_one_rate_per_method():
 
 
 def test_the_commonsense_suite_scores_all_seven_test_sets():
-    from lrlora.tasks.commonsense import COMMONSENSE_TASKS
+    from lrlora.app.tasks.commonsense import COMMONSENSE_TASKS
 
     for matrix in (SUITES["commonsense"].full, SUITES["commonsense"].quick):
         assert matrix.subscores == COMMONSENSE_TASKS and matrix.zero_shot

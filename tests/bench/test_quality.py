@@ -10,6 +10,7 @@ import sys
 import pytest
 from fakes import fake_result, fill, write
 
+from lrlora.app.train import TrainArgs
 from lrlora.bench.plan import (
     FINAL,
     LR_CHOICE_FILE,
@@ -32,7 +33,6 @@ from lrlora.bench.quality import (
     train_args,
     write_result,
 )
-from lrlora.train import TrainArgs
 
 
 def test_run_ids_and_result_files():

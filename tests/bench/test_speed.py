@@ -18,9 +18,9 @@ from lrlora.bench.speed import (
     SpeedArgs,
     build_variants,
     make_batch,
-    run_speed_bench,
     training_memory,
 )
+from lrlora.bench.speed_md import run_speed_bench
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

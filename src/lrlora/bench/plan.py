@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..train import METHODS, TrainArgs
+from ..app.args import METHODS, TrainArgs
 from .suites import Matrix, TaskSizing, base_method, is_variant
 from .variants import split_method
 

@@ -19,13 +19,18 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..export import write_json_atomic
-from ..train import METHODS, TrainArgs
+from ..app import runs
+from ..app.lm_eval import load_test_items
+from ..app.models import load_causal_lm
+from ..app.tasks.causal import EVAL_SUBSET_SEED, evaluate
+from ..app.tasks.data import resolve_data_dir
+from ..app.train import METHODS, NonFiniteLossError, TrainArgs, train
+from ..util import field_help, versions, write_json_atomic
 from .plan import (
     FINAL,
     LR_CHOICE_FILE,
@@ -40,49 +45,48 @@ from .plan import (
     zero_shot_id,
     zero_shot_path,
 )
+from .results_md import write_report
 from .suites import SUITES, Matrix, TaskSizing, get_suite
 from .variants import split_method
-
-
-def _help(text: str, default: Any = None, **metadata: Any) -> Any:
-    return field(default=default, metadata={"help": text, **metadata})
 
 
 @dataclass
 class BenchArgs:
     """Everything ``lrlora bench`` depends on; the CLI flags are generated from it."""
 
-    suite: str = _help("Benchmark suite.", "glue", choices=tuple(SUITES))
-    tasks: list[str] | None = _help("Tasks to run. Default: all of the suite's.")
-    methods: list[str] | None = _help(
+    suite: str = field_help("Benchmark suite.", "glue", choices=tuple(SUITES))
+    tasks: list[str] | None = field_help("Tasks to run. Default: all of the suite's.")
+    methods: list[str] | None = field_help(
         f"Methods to run (of {', '.join(METHODS)}, or the suite's variants such as "
         "lr-lora+rebalance_every=50). Default: all of the suite's."
     )
-    seeds: list[int] | None = _help("Seeds of the final runs. Default: 0 1 2 (quick: 0).")
-    budget_rank: int = _help("Budget rank shared by every method (2, 4 or 8).", 4)
-    quick: bool = _help(
+    seeds: list[int] | None = field_help("Seeds of the final runs. Default: 0 1 2 (quick: 0).")
+    budget_rank: int = field_help("Budget rank shared by every method (2, 4 or 8).", 4)
+    quick: bool = field_help(
         "Tiny sizes (2 tasks, 1 seed, 1 learning rate, a dozen steps, 48 evaluation rows) "
         "into benchmarks/results-quick/; docs/ is left alone unless --docs-dir is given.",
         False,
     )
-    results_dir: str | None = _help(
+    results_dir: str | None = field_help(
         "Result JSON files. Default: benchmarks/results (quick: benchmarks/results-quick)."
     )
-    runs_dir: str | None = _help(
+    runs_dir: str | None = field_help(
         "Run directories. Default: benchmarks/runs (quick: benchmarks/runs-quick)."
     )
-    docs_dir: str | None = _help(
+    docs_dir: str | None = field_help(
         "Where the report and its figures go. Default: docs (quick: <results-dir>/report)."
     )
-    data_dir: str | None = _help(
+    data_dir: str | None = field_help(
         "Directory holding glue/. Default: $LRLORA_DATA or ../shared/data."
     )
-    model: str | None = _help("Model directory or hub name. Default: the offline MiniLM-L6.")
-    dry_run: bool = _help("Print the plan (done / pending runs, time estimate) and stop.", False)
-    report_only: bool = _help(
+    model: str | None = field_help("Model directory or hub name. Default: the offline MiniLM-L6.")
+    dry_run: bool = field_help(
+        "Print the plan (done / pending runs, time estimate) and stop.", False
+    )
+    report_only: bool = field_help(
         "Only regenerate the report and figures from existing results.", False
     )
-    force: bool = _help("Re-run finished runs and replace their results.", False)
+    force: bool = field_help("Re-run finished runs and replace their results.", False)
 
     def __post_init__(self) -> None:
         self.matrix()  # ValueError naming the unknown suite, task or method
@@ -131,18 +135,6 @@ class BenchArgs:
 
 
 # -- provenance ---------------------------------------------------------------------------------
-def versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("lrlora", "torch", "transformers", "peft"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    return found
-
-
 def machine() -> dict[str, Any]:
     return {"cpu_count": os.cpu_count(), "platform": platform.platform()}
 
@@ -211,9 +203,6 @@ def result_record(
 
 def train_run(spec: RunSpec, plan: BenchPlan, args: BenchArgs) -> dict[str, Any]:
     """Train one run and return its result record; a diverged run is a result too."""
-    from .. import runs
-    from ..train import NonFiniteLossError, train
-
     targs = train_args(spec, plan, args)
     try:
         train(targs)
@@ -225,11 +214,6 @@ def train_run(spec: RunSpec, plan: BenchPlan, args: BenchArgs) -> dict[str, Any]
 def zero_shot_record(matrix: Matrix, task: str, args: BenchArgs) -> dict[str, Any]:
     """Score the model without any adapter on the test questions every run of ``task`` is
     scored on (the commonsense suite), as a result record."""
-    from ..causal import EVAL_SUBSET_SEED, evaluate
-    from ..lm_eval import load_test_items
-    from ..models import load_causal_lm
-    from ..tasks.data import resolve_data_dir
-
     began = time.perf_counter()
     sizing = matrix.sizing[task]
     model, tokenizer = load_causal_lm(args.model)
@@ -366,8 +350,6 @@ def run_matrix(
     """Run every pending run, task by task (the base model's zero-shot score where the
     matrix asks for it, tuning, then final); the report is rewritten after each task that
     ran something. Returns the ids of runs that failed (they stay pending)."""
-    from .results_md import write_report
-
     matrix = args.matrix()
     execute = execute or (lambda spec, plan: train_run(spec, plan, args))
     score_base = score_base or (lambda m, task: zero_shot_record(m, task, args))
@@ -428,8 +410,6 @@ def format_plan(plan: BenchPlan) -> str:
 def run_bench(args: BenchArgs) -> int:
     """``lrlora bench``: dry run, report only, or run the matrix and report; the exit
     status is 1 if any run failed."""
-    from .results_md import write_report
-
     if args.dry_run:
         print(format_plan(build_plan(args.matrix(), args.results_path)))
         return 0

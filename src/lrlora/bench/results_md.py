@@ -10,10 +10,12 @@ render: missing cells are "–" and the number of pending runs is stated.
 from __future__ import annotations
 
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..app.plots import rank_by_role_and_depth, rank_heatmap, score_vs_params, summarize_ranks
+from ..app.tasks import get_task
+from ..util import write_text_atomic
 from . import aggregate as agg
 from .plan import FINAL, TUNE, BenchPlan, format_lr, load_result, zero_shot_id, zero_shot_path
 from .suites import Matrix, base_method, is_variant
@@ -56,8 +58,6 @@ def make_figures(
     """Score vs parameters (across ``budgets``, rank -> table, where more than one has
     results), one LR-LoRA rank heat map per task, mean rank by role and depth; each only
     when there are results to draw. Name -> path."""
-    from ..plots import rank_by_role_and_depth, rank_heatmap, score_vs_params
-
     m = plan.matrix
     prefix = f"{m.label}-r{m.budget_rank}"
     made: dict[str, Path] = {}
@@ -161,8 +161,6 @@ def _status(plan: BenchPlan) -> list[str]:
 
 
 def _metric_names(tasks: tuple[str, ...]) -> str:
-    from ..tasks import get_task
-
     names = []
     for task in tasks:
         try:
@@ -444,8 +442,6 @@ def _series(means: dict, digits: int = 1) -> str:
 
 
 def _rank_section(plan: BenchPlan) -> list[str]:
-    from ..plots import summarize_ranks
-
     lines = ["", "## Where LR-LoRA put its rank", ""]
     rows_by_task = agg.rank_rows(plan.results(FINAL))
     if not rows_by_task:
@@ -507,15 +503,6 @@ def render(
     return "\n".join(line for section in sections for line in section) + "\n"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def _demote(lines: list[str]) -> list[str]:
     return ["#" + line if line.startswith("## ") else line for line in lines]
 
@@ -556,5 +543,5 @@ def write_report(
     text = render(plan, relative, command, budgets)
     for title, other in (companions or {}).items():
         text += "\n".join(companion_section(other, out_dir, title)) + "\n"
-    _write_text_atomic(path, text)
+    write_text_atomic(path, text)
     return path

@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import os
 import platform
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -52,11 +51,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .. import baselines
+from ..app import baselines
+from ..app.models import default_targets, head_modules
 from ..config import LRLoRAConfig
 from ..controller import RankController
-from ..export import export_peft, merge, write_json_atomic
+from ..export import export_peft, merge
 from ..inject import inject, optimizer_groups
+from ..util import field_help, versions
 
 TRAIN_VARIANTS = ("base", "lora", "lr-lora", "adalora", "dora")
 REBALANCED = "lr-lora+rebalance"
@@ -66,29 +67,27 @@ TRAIN_REFS = {"vs_lora": "lora", "vs_base": "base", "vs_adalora": "adalora"}
 MERGED_TOLERANCE = 0.05  # merged / base within 1 +- this counts as equal
 
 
-def _help(text: str, default: Any = None) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class SpeedArgs:
     """Everything ``lrlora bench-speed`` depends on; the CLI flags are generated from it."""
 
-    model: str | None = _help("Model directory. Default: the offline MiniLM-L6.")
-    rank: int = _help("R: LoRA/DoRA rank, LR-LoRA ceiling, AdaLoRA init_r.", 8)
-    batch_size: int = _help("Sequences per step.", 16)
-    seq_len: int = _help("Tokens per sequence.", 128)
-    rounds: int = _help("Interleaved timing rounds (medians are over rounds).", 5)
-    steps: int = _help("Training steps per variant per round.", 3)
-    warmup: int = _help("Untimed training steps per variant before the rounds.", 2)
-    infer_steps: int = _help("Forward passes per inference variant per round.", 3)
-    threads: int = _help("torch.set_num_threads for the whole run (1 is stable on a busy box).", 1)
-    device: Literal["cpu", "cuda"] = _help("Where the models run.", "cpu")
-    lr: float = _help("AdamW learning rate of every variant.", 1e-4)
-    seed: int = _help("Seed of the batch and the adapter weights.", 0)
-    results_dir: str = _help("Where speed-<device>.json goes.", "benchmarks/results")
-    docs_dir: str = _help("Where PERFORMANCE.md goes.", "docs")
-    report_only: bool = _help(
+    model: str | None = field_help("Model directory. Default: the offline MiniLM-L6.")
+    rank: int = field_help("R: LoRA/DoRA rank, LR-LoRA ceiling, AdaLoRA init_r.", 8)
+    batch_size: int = field_help("Sequences per step.", 16)
+    seq_len: int = field_help("Tokens per sequence.", 128)
+    rounds: int = field_help("Interleaved timing rounds (medians are over rounds).", 5)
+    steps: int = field_help("Training steps per variant per round.", 3)
+    warmup: int = field_help("Untimed training steps per variant before the rounds.", 2)
+    infer_steps: int = field_help("Forward passes per inference variant per round.", 3)
+    threads: int = field_help(
+        "torch.set_num_threads for the whole run (1 is stable on a busy box).", 1
+    )
+    device: Literal["cpu", "cuda"] = field_help("Where the models run.", "cpu")
+    lr: float = field_help("AdamW learning rate of every variant.", 1e-4)
+    seed: int = field_help("Seed of the batch and the adapter weights.", 0)
+    results_dir: str = field_help("Where speed-<device>.json goes.", "benchmarks/results")
+    docs_dir: str = field_help("Where PERFORMANCE.md goes.", "docs")
+    report_only: bool = field_help(
         "Only rewrite PERFORMANCE.md (and the targets) from the existing speed-<device>.json.",
         False,
     )
@@ -245,8 +244,6 @@ def build_variants(
     template: nn.Module, args: SpeedArgs, names: Iterable[str] = TRAIN_VARIANTS
 ) -> dict[str, Variant]:
     """A copy of ``template`` per variant, in train mode, with the default targets."""
-    from ..train import default_targets, head_modules
-
     targets, heads = default_targets(template), head_modules(template)
     variants = {}
     for name in names:
@@ -520,14 +517,6 @@ def _cpu_name() -> str:
 
 
 def provenance(args: SpeedArgs) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("lrlora", "torch", "transformers", "peft"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
     device = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
     return {
         "command": command_for(args),
@@ -539,7 +528,7 @@ def provenance(args: SpeedArgs) -> dict[str, Any]:
             "device": args.device,
             "device_name": device,
         },
-        "versions": versions,
+        "versions": versions(),
     }
 
 
@@ -547,20 +536,6 @@ def describe(model: nn.Module, name: str) -> str:
     """``name (class, size)``, e.g. ``MiniLM-L6 (BertForSequenceClassification, 22.7M ...)``."""
     size = sum(p.numel() for p in model.parameters()) / 1e6
     return f"{name} ({type(model).__name__}, {size:.1f}M parameters)"
-
-
-def run_speed_bench(args: SpeedArgs, template: nn.Module | None = None) -> dict[str, Any]:
-    """Run the benchmark; write the JSON and PERFORMANCE.md; return the record.
-
-    ``template``: the model to copy for every variant (default: ``args.model`` loaded as a
-    two-label classifier). With ``args.report_only`` the record is read back instead.
-    """
-    results = Path(args.results_dir) / f"speed-{args.device}.json"
-    record = json.loads(results.read_text()) if args.report_only else measure(args, template)
-    record["targets"] = evaluate_targets(record["train"], record["inference"])
-    write_json_atomic(results, record)
-    write_report(record, Path(args.docs_dir) / "PERFORMANCE.md")
-    return record
 
 
 def measure(args: SpeedArgs, template: nn.Module | None = None) -> dict[str, Any]:
@@ -584,12 +559,3 @@ def measure(args: SpeedArgs, template: nn.Module | None = None) -> dict[str, Any
         }
     finally:
         torch.set_num_threads(threads)
-
-
-def write_report(record: dict[str, Any], path: Path) -> None:
-    from .speed_md import render
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render(record))
-    tmp.replace(path)

@@ -1,10 +1,16 @@
-"""``PERFORMANCE.md`` from the record of :func:`lrlora.bench.speed.run_speed_bench`."""
+"""The speed benchmark's outputs: :func:`run_speed_bench` measures (:mod:`lrlora.bench.speed`),
+writes ``speed-<device>.json`` and renders ``PERFORMANCE.md`` from it."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from .speed import INFER_VARIANTS, REBALANCED, TRAIN_VARIANTS
+from torch import nn
+
+from ..util import write_json_atomic, write_text_atomic
+from .speed import INFER_VARIANTS, REBALANCED, TRAIN_VARIANTS, SpeedArgs, evaluate_targets, measure
 
 MIB = 2**20
 
@@ -163,3 +169,21 @@ def render(record: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def run_speed_bench(args: SpeedArgs, template: nn.Module | None = None) -> dict[str, Any]:
+    """Run the benchmark; write the JSON and PERFORMANCE.md; return the record.
+
+    ``template``: the model to copy for every variant (default: ``args.model`` loaded as a
+    two-label classifier). With ``args.report_only`` the record is read back instead.
+    """
+    results = Path(args.results_dir) / f"speed-{args.device}.json"
+    record = json.loads(results.read_text()) if args.report_only else measure(args, template)
+    record["targets"] = evaluate_targets(record["train"], record["inference"])
+    write_json_atomic(results, record)
+    write_report(record, Path(args.docs_dir) / "PERFORMANCE.md")
+    return record
+
+
+def write_report(record: dict[str, Any], path: Path) -> None:
+    write_text_atomic(path, render(record))

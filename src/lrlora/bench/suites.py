@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..tasks.commonsense import COMMONSENSE_TASKS
+from ..app.tasks.commonsense import COMMONSENSE_TASKS
 
 OVERHEAD_S = 10.0
 """Seconds per run outside training and evaluation (model load, tokenisation, export)."""

@@ -16,7 +16,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from ..train import METHODS, TrainArgs
+from ..app.args import METHODS, TrainArgs
 
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 

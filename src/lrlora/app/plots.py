@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .report import ROLE_ORDER, role_of
+from ..report import ROLE_ORDER, role_of
+from ..util import atomic_file
 
 KIND_ORDER = ("attention", "mlp", "other")
 KIND_COLOURS = {"attention": "tab:blue", "mlp": "tab:orange", "other": "tab:gray"}
@@ -70,18 +70,9 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: str | os.PathLike) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=_DPI)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=_DPI)
+    return Path(path)
 
 
 def _require(items, what: str) -> None:

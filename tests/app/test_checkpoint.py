@@ -1,4 +1,4 @@
-"""`lrlora.checkpoint`: atomic step directories and RNG states without pickles."""
+"""`lrlora.app.checkpoint`: atomic step directories and RNG states without pickles."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from lrlora import checkpoint
+from lrlora.app import checkpoint
 
 
 def _write(root, step: int, fail: bool = False):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lrlora.tasks import (
+from lrlora.app.tasks import (
     TASKS,
     DataError,
     compute_metrics,
@@ -15,10 +15,10 @@ from lrlora.tasks import (
     load_split,
     resolve_data_dir,
 )
-from lrlora.tasks.glue import parse_cola, parse_mrpc, parse_sst2, parse_stsb
-from lrlora.tasks.metrics import METRICS
+from lrlora.app.tasks.glue import parse_cola, parse_mrpc, parse_sst2, parse_stsb
+from lrlora.app.tasks.metrics import METRICS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

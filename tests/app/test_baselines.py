@@ -6,7 +6,7 @@ import torch
 pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from lrlora.baselines import (  # noqa: E402
+from lrlora.app.baselines import (  # noqa: E402
     adalora_step,
     adapter_param_counts,
     final_ranks,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from lrlora.tasks.glue import get_task
+from lrlora.app.tasks.glue import get_task
 
 if TYPE_CHECKING:
     import numpy as np

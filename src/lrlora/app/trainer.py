@@ -14,13 +14,46 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from ..export import load_optimizer, save_optimizer
+from ..inject import lora_layers
+from ..util import write_json_atomic
 from . import checkpoint
-from .export import load_optimizer, save_optimizer, write_json_atomic
-from .inject import lora_layers
-from .train import NonFiniteLossError
 
 if TYPE_CHECKING:
     from .methods import Method
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss, or a trained parameter, became NaN or infinite.
+
+    Args:
+        step: the optimizer step it happened at.
+        loss: the loss, or None when parameters were found non-finite before a checkpoint.
+        bad: names of the trainable tensors holding NaN/inf (values, then gradients).
+        checkpoint: the last good checkpoint, if any.
+    """
+
+    def __init__(
+        self,
+        step: int,
+        loss: float | None,
+        bad: list[str] | None = None,
+        checkpoint: Path | None = None,
+    ) -> None:
+        what = "trained parameters are not finite" if loss is None else f"training loss is {loss}"
+        lines = [f"{what} at step {step}: training stopped and no run directory was written."]
+        if bad:
+            more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+            lines.append(f"Non-finite: {', '.join(bad[:4])}{more}.")
+        if checkpoint is not None:
+            lines.append(
+                f"The last good checkpoint is {checkpoint}: rerun the same command with --resume "
+                "and a lower --lr (or --rank-lr) to continue from it."
+            )
+        else:
+            lines.append("Lower --lr (or --rank-lr) or check the data.")
+        super().__init__(" ".join(lines))
+        self.step, self.bad, self.checkpoint = step, list(bad or []), checkpoint
 
 
 def non_finite_tensors(model: nn.Module) -> list[str]:

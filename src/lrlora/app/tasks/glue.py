@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lrlora.tasks.data import DataError, resolve_data_dir
+from lrlora.app.tasks.data import DataError, resolve_data_dir
 
 
 @dataclass(frozen=True, slots=True)

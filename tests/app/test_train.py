@@ -1,4 +1,4 @@
-"""`lrlora.train`: end-to-end runs of every method on a tiny BERT and the real GLUE files."""
+"""`lrlora.app.train`: end-to-end runs of every method on a tiny BERT and the real GLUE files."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lrlora.runs import RunExistsError  # noqa: E402
-from lrlora.tasks import DataError  # noqa: E402
-from lrlora.train import NonFiniteLossError, TrainArgs, planned_steps, train  # noqa: E402
+from lrlora.app.runs import RunExistsError  # noqa: E402
+from lrlora.app.tasks import DataError  # noqa: E402
+from lrlora.app.train import NonFiniteLossError, TrainArgs, planned_steps, train  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -74,7 +74,7 @@ def test_lrlora_regression_adapter_loads_in_peft(tiny_bert_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lrlora.tasks import compute_metrics, load_split
+    from lrlora.app.tasks import compute_metrics, load_split
 
     run = tmp_path / "stsb"
     metrics = train(tiny_args(tiny_bert_dir, run, task="stsb"))
@@ -128,7 +128,7 @@ def test_missing_data_file_is_a_data_error(tiny_bert_dir, tmp_path):
         ({"method": "sora"}, r"choose one of \['lr-lora', 'lora', 'adalora', 'dora'\]"),
         ({"task": "mnli"}, "known tasks"),
         ({"task": "qnli"}, "no training split"),
-        ({"budget_rank": 6, "r_max": 4}, r"choose --budget-rank in \[1, 4\]"),
+        ({"budget_rank": 6, "r_max": 4}, r"choose a budget rank in \(0, 4\]"),
         ({"max_steps": 10, "epochs": 1.0}, "not both"),
         ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
         ({"adalora_orth_reg_weight": -0.1}, "adalora_orth_reg_weight must be >= 0"),
@@ -149,7 +149,7 @@ def test_defaults_and_derived_values():
 def test_a_regression_head_starts_at_the_mean_training_label():
     from transformers import BertConfig, BertForSequenceClassification
 
-    from lrlora.train import start_at_mean_label
+    from lrlora.app.tasks.sequence import start_at_mean_label
 
     config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                         num_attention_heads=2, intermediate_size=32, num_labels=1)  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lrlora.plots import (
+from lrlora.app.plots import (
     rank_by_role_and_depth,
     rank_heatmap,
     rank_trajectories,

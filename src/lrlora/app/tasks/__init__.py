@@ -1,8 +1,8 @@
 """GLUE tasks available offline: registry, loaders and metrics (values in percent)."""
 
-from lrlora.tasks.data import DataError, resolve_data_dir
-from lrlora.tasks.glue import TASKS, Example, GlueTask, get_task, load_split
-from lrlora.tasks.metrics import compute_metrics
+from lrlora.app.tasks.data import DataError, resolve_data_dir
+from lrlora.app.tasks.glue import TASKS, Example, GlueTask, get_task, load_split
+from lrlora.app.tasks.metrics import compute_metrics
 
 __all__ = [
     "TASKS",

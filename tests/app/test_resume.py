@@ -19,10 +19,9 @@ pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lrlora import checkpoint  # noqa: E402
-from lrlora.controller import RankController  # noqa: E402
-from lrlora.runs import RunExistsError  # noqa: E402
-from lrlora.train import (  # noqa: E402
+from lrlora.app import checkpoint  # noqa: E402
+from lrlora.app.runs import RunExistsError  # noqa: E402
+from lrlora.app.train import (  # noqa: E402
     NonFiniteLossError,
     ResumeError,
     TrainArgs,
@@ -30,6 +29,7 @@ from lrlora.train import (  # noqa: E402
     resume_point,
     train,
 )
+from lrlora.controller import RankController  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -43,15 +43,15 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 # Runs `lrlora train` and parks it before step `stop_after + 1`, touching `marker`.
 DRIVER = """
 import sys, time
-import lrlora.trainer
+import lrlora.app.trainer
 stop_after, marker = int(sys.argv[1]), sys.argv[2]
-step = lrlora.trainer.RunTrainer.training_step
+step = lrlora.app.trainer.RunTrainer.training_step
 def training_step(self, *args, **kwargs):
     if self.state.global_step == stop_after:
         open(marker, "w").close()
         time.sleep(600)  # the test kills the process here
     return step(self, *args, **kwargs)
-lrlora.trainer.RunTrainer.training_step = training_step
+lrlora.app.trainer.RunTrainer.training_step = training_step
 from lrlora.cli import main
 sys.exit(main(sys.argv[3:]))
 """

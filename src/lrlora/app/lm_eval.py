@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from lrlora.tasks.commonsense import (
+from lrlora.app.tasks.commonsense import (
     COMMONSENSE_TASKS,
     Item,
     encode,

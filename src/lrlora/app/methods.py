@@ -19,15 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..controller import RankController
+from ..export import export_peft, resume, save
+from ..hf import LRLoRACallback, snapshot
+from ..inject import inject, optimizer_groups
+from ..report import depth_of, rank_report, role_of
 from . import baselines
-from .config import LRLoRAConfig
-from .inject import inject, optimizer_groups
-from .report import depth_of, rank_report, role_of
 
 if TYPE_CHECKING:
-    from .train import TrainArgs
+    from .args import TrainArgs
 
 
 class Method(Protocol):
@@ -59,13 +62,6 @@ class Method(Protocol):
         """Restore what :meth:`save_state` wrote into the same (injected) model."""
 
 
-def default_alpha(args: TrainArgs) -> float:
-    """LR-LoRA's alpha: the baselines' (2 x budget rank), so that ``scaling='budget'``
-    gives their scaling of 2 and the default ``'max'`` (alpha / R) half of it at R = 2 x
-    budget rank."""
-    return baselines.SCALING * args.budget_rank if args.alpha is None else args.alpha
-
-
 class LRLoRAMethod:
     """LR-LoRA in budget mode: the budget is LoRA at ``budget_rank``, ceiling ``r_max``.
     The rank controller is built here, on the unwrapped model, so that a checkpoint can
@@ -79,19 +75,7 @@ class LRLoRAMethod:
         heads: list[str],
         total_steps: int,
     ):
-        from .controller import RankController
-        from .hf import LRLoRACallback
-        from .train import lrlora_config_settings
-
-        config = LRLoRAConfig(
-            target_modules=targets,
-            modules_to_save=heads,
-            r_max=args.r_max,
-            budget_rank=args.budget_rank,
-            alpha=default_alpha(args),
-            dropout=args.dropout,
-            **lrlora_config_settings(args),
-        )
+        config = args.lrlora_config(targets, heads)
         torch.manual_seed(args.seed)
         self.model = inject(model, config)
         groups = optimizer_groups(self.model, args.lr, args.weight_decay)
@@ -102,8 +86,6 @@ class LRLoRAMethod:
         self.task_type = args.peft_task_type
 
     def ranks_now(self) -> dict[str, Any]:
-        from .hf import snapshot
-
         return snapshot(self.callback.controller)
 
     def log_values(self) -> dict[str, float]:
@@ -121,18 +103,12 @@ class LRLoRAMethod:
         return {"adapter": sum(row["params"] for row in self.rows()), "extras": 0}
 
     def export(self, path: os.PathLike, base_model: str) -> None:
-        from .export import export_peft
-
         export_peft(self.model, path, base_model_name_or_path=base_model, task_type=self.task_type)
 
     def save_state(self, path: Path) -> None:
-        from .export import save
-
         save(self.model, path, controller=self.controller)
 
     def load_state(self, path: Path) -> None:
-        from .export import resume
-
         resume(path, self.model, controller=self.controller)
 
 
@@ -198,8 +174,6 @@ class PeftMethod:
         self.model.save_pretrained(path)
 
     def save_state(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
         path.mkdir(parents=True, exist_ok=True)
         params = self.model.named_parameters()
         trainable = {n: p.detach().contiguous().cpu() for n, p in params if p.requires_grad}
@@ -207,8 +181,6 @@ class PeftMethod:
 
     @torch.no_grad()
     def load_state(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
         params = dict(self.model.named_parameters())
         for name, value in load_file(str(path / "trainable.safetensors")).items():
             params[name].copy_(value)

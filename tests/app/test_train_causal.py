@@ -14,9 +14,9 @@ pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lrlora.causal import EVAL_SUBSET_SEED, load_data  # noqa: E402
-from lrlora.tasks.commonsense import COMMONSENSE_TASKS, TRAIN_TASKS  # noqa: E402
-from lrlora.train import TrainArgs, train  # noqa: E402
+from lrlora.app.tasks.causal import EVAL_SUBSET_SEED  # noqa: E402
+from lrlora.app.tasks.commonsense import COMMONSENSE_TASKS, TRAIN_TASKS  # noqa: E402
+from lrlora.app.train import TrainArgs, make_task, train  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -52,6 +52,10 @@ def test_every_method_trains_and_scores_all_seven_tasks(method, tiny_llama_dir, 
     assert len(layers) == N_TARGETS and {r["role"] for r in layers} == LLAMA_ROLES
     config = json.loads((run / "config.json").read_text())
     assert config["resolved"]["head_modules"] == []
+
+
+def load_data(args: TrainArgs):
+    return make_task(args).load_data(args.task_options())
 
 
 def test_training_union_and_evaluation_subset(tiny_llama_dir):

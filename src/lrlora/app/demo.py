@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import LRLoRAConfig
-from .controller import RankController
-from .inject import inject, optimizer_groups
-from .report import rank_report
+from ..config import LRLoRAConfig
+from ..controller import RankController
+from ..inject import inject, optimizer_groups
+from ..report import rank_report
 
 
 class Parallel(nn.Module):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lrlora.tasks.data import DataError
+from lrlora.app.tasks.data import DataError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

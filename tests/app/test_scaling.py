@@ -18,7 +18,7 @@ pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lrlora.train import TrainArgs, train  # noqa: E402
+from lrlora.app.train import TrainArgs, train  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

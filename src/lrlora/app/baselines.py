@@ -31,8 +31,8 @@ from typing import Any
 
 from torch import nn
 
-from .inject import matches
-from .layer import is_adaptable
+from ..inject import matches
+from ..layer import is_adaptable
 
 METHODS = ("lora", "adalora", "dora")
 SCALING = 2.0  # alpha / r for every method (see module docstring)

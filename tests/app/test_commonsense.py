@@ -19,8 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from lrlora.lm_eval import evaluate_commonsense, score_options
-from lrlora.tasks.commonsense import (
+from lrlora.app.lm_eval import evaluate_commonsense, score_options
+from lrlora.app.tasks.commonsense import (
     COMMONSENSE_TASKS,
     IGNORE_INDEX,
     TRAIN_TASKS,
@@ -35,13 +35,13 @@ from lrlora.tasks.commonsense import (
     pad_token_id,
     parse_answer,
 )
-from lrlora.tasks.data import DataError
+from lrlora.app.tasks.data import DataError
 from tiny import make_tokenizer, tiny_llama
 
 transformers = pytest.importorskip("transformers")
 
 DATA_DIR = Path(
-    os.environ.get("LRLORA_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    os.environ.get("LRLORA_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data"
 )
 
 # Instructions copied from the shared test files, one per layout.
@@ -427,7 +427,7 @@ def write_tiny_gguf(path: Path) -> None:
 
 
 def test_gguf_converts_to_an_equivalent_safetensors_model(tmp_path, monkeypatch):
-    from lrlora.models import convert_gguf_to_safetensors, load_causal_lm
+    from lrlora.app.models import convert_gguf_to_safetensors, load_causal_lm
 
     write_tiny_gguf(tmp_path / "tiny.gguf")
     out = convert_gguf_to_safetensors(tmp_path, "tiny.gguf", tmp_path / "cache" / "tiny")
@@ -458,7 +458,7 @@ def test_gguf_converts_to_an_equivalent_safetensors_model(tmp_path, monkeypatch)
 
 @pytest.mark.slow
 def test_smollm2_converts_and_loads(tmp_path):
-    from lrlora.models import load_causal_lm, smollm2_gguf_path
+    from lrlora.app.models import load_causal_lm, smollm2_gguf_path
 
     try:
         smollm2_gguf_path()

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from .export import publish_dir, write_json_atomic
+from ..util import publish_dir, write_json_atomic
+from .plots import rank_heatmap, rank_trajectories
 
 JSON_FILES = ("config.json", "metrics.json", "ranks.json", "history.json")
 FIGURES = {"heatmap": "figures/rank_heatmap.png", "trajectory": "figures/rank_trajectory.png"}
@@ -42,11 +42,6 @@ def check_run_dir(path: Path, overwrite: bool) -> None:
         )
 
 
-def staging_dir(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-
-
 def write_run(staging: Path, files: dict[str, Any]) -> list[Path]:
     """Write the JSON files (name -> data) into ``staging`` and draw the figures there."""
     for name, data in files.items():
@@ -61,8 +56,6 @@ def publish(staging: Path, final: Path, overwrite: bool) -> None:
 
 def make_figures(run_dir: Path, ranks: dict[str, Any], title: str) -> list[Path]:
     """The rank heat map and the rank trajectories of a run."""
-    from .plots import rank_heatmap, rank_trajectories
-
     rows, trajectory = ranks["layers"], ranks["trajectory"]
     return [
         rank_heatmap(rows, run_dir / FIGURES["heatmap"], title=f"{title}: final ranks"),

@@ -80,7 +80,7 @@ def _error(message: str) -> int:
 
 # -- subcommands --------------------------------------------------------------------------------
 def _add_train(parser: argparse.ArgumentParser) -> None:
-    from .app.train import TrainArgs
+    from .app.args import TrainArgs
 
     add_dataclass_arguments(parser, TrainArgs)
 

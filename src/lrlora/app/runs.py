@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import sysconfig
 from pathlib import Path
 from typing import Any
 
 from ..util import publish_dir, write_json_atomic
+from .models import default_cache_dir
 from .plots import rank_heatmap, rank_trajectories
 
 JSON_FILES = ("config.json", "metrics.json", "ranks.json", "history.json")
@@ -117,3 +119,20 @@ def format_summary(run_dir: Path, run: dict[str, Any]) -> str:
 
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def portable_path(path: str) -> str:
+    """``<site-packages>/...``, ``<model-cache>/...`` or a path relative to the working
+    directory, for a path under one of them; any other path as it is."""
+    roots = {
+        "<site-packages>": Path(sysconfig.get_paths()["purelib"]),
+        "<model-cache>": default_cache_dir(),
+        "": Path.cwd(),
+    }
+    for name, root in roots.items():
+        try:
+            inside = Path(path).relative_to(root)
+        except ValueError:
+            continue
+        return f"{name}/{inside}" if name else str(inside)
+    return path

@@ -261,8 +261,8 @@ def build_metrics(args: TrainArgs, setup: Setup, result: dict[str, Any]) -> dict
 def run_config(args: TrainArgs, setup: Setup) -> dict[str, Any]:
     """config.json: the arguments, what they resolved to, versions and the command line."""
     resolved = {
-        "model_path": setup.data.model_path,
-        "output_dir": str(args.run_dir),
+        "model_path": runs.portable_path(setup.data.model_path),
+        "output_dir": runs.portable_path(str(args.run_dir)),
         "target_modules": setup.targets,
         "head_modules": setup.heads,
         "max_length": setup.data.max_length,

@@ -282,14 +282,13 @@ def write_result(path: Path, record: dict[str, Any], force: bool) -> None:
 
 def _portable(resolved: dict[str, Any]) -> dict[str, Any]:
     """``resolved`` without this machine's paths: a model inside the environment is named
-    relative to its site-packages, so committed results do not leak local directories."""
-    import sysconfig
-
-    site = sysconfig.get_paths()["purelib"]
+    relative to its site-packages, one in the model cache relative to it, and any other path
+    under the working directory (the repository) relative to that, so committed results do
+    not leak local directories."""
     out = dict(resolved)
-    path = out.get("model_path")
-    if isinstance(path, str) and path.startswith(site):
-        out["model_path"] = "<site-packages>" + path[len(site) :]
+    for key in ("model_path", "output_dir"):
+        if isinstance(out.get(key), str):
+            out[key] = runs.portable_path(out[key])
     return out
 
 

@@ -209,7 +209,7 @@ class RankController:
             raise NotImplementedError(
                 f"{what} needs the full adapter factors, which FSDP2 shards: under FSDP2 train "
                 "with rebalance_every=0, then gather the model's full state dict and harden an "
-                "unsharded copy (README, 'Scaling out')."
+                "unsharded copy (docs/SCALING.md)."
             )
 
     def _soft_ranks(self, rhos: torch.Tensor, tau: float) -> torch.Tensor:

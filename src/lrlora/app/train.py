@@ -315,7 +315,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     if trainer.is_fsdp_enabled:
         raise LaunchError(
             "lrlora train shards nothing: launch it data-parallel (torchrun, or accelerate "
-            "launch without --use_fsdp); FSDP2 works through the library (README, 'Scaling out')."
+            "launch without --use_fsdp); FSDP2 works through the library (docs/SCALING.md)."
         )
     main = trainer.is_world_process_zero()
     if main and not args.resume:  # what check_checkpoints let through is stale

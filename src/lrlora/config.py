@@ -17,6 +17,7 @@ RankMode = Literal["budget", "penalty"]
 ScalingRule = Literal["budget", "max", "sqrt"]
 TauShape = Literal["cosine", "linear", "exp"]
 RankUpdate = Literal["shared", "optimizer"]
+RankSignal = Literal["gradient", "spectrum"]
 
 
 @dataclass
@@ -57,6 +58,14 @@ class LRLoRAConfig:
         "is left to the training optimizer; Adam normalises each rho's gradient by its own "
         "magnitude, so a layer's speed follows how steady its gradient is, not how large.",
         "shared",
+    )
+    rank_signal: RankSignal = _help(
+        "What moves rho under the shared rank update. 'spectrum': each layer's rank rises "
+        "in proportion to the singular value of its gated update at the rank boundary (what "
+        "closing the next gate would remove), so the budget projection keeps the singular "
+        "values that are largest per parameter across layers. 'gradient': the task loss's "
+        "gradient on rho through the gate.",
+        "gradient",
     )
     tau_start: float = _help("Gate temperature at step 0.", 1.0)
     tau_end: float = _help("Gate temperature at the last step.", 0.05)
@@ -121,6 +130,12 @@ class LRLoRAConfig:
             raise ValueError(
                 f"rank_update must be 'shared' or 'optimizer', got {self.rank_update!r}."
             )
+        if self.rank_signal not in ("gradient", "spectrum"):
+            raise ValueError(
+                f"rank_signal must be 'gradient' or 'spectrum', got {self.rank_signal!r}."
+            )
+        if self.rank_signal == "spectrum" and self.rank_update != "shared":
+            raise ValueError("rank_signal='spectrum' needs rank_update='shared'.")
         if self.scaling not in ("budget", "max", "sqrt"):
             raise ValueError(f"scaling must be 'budget', 'max' or 'sqrt', got {self.scaling!r}.")
         if self.rank_mode == "budget":

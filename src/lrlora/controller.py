@@ -272,10 +272,13 @@ class RankController:
         loss falls fastest per parameter. The gradients are consumed (set to None), so the
         optimizer leaves rho alone."""
         device = self.layers[0].rho.device
-        grads = torch.stack(
-            [torch.zeros((), device=device) if layer.rho.grad is None
-             else layer.rho.grad.detach().to(device) for layer in self.layers]
-        ).double()  # fmt: skip
+        if self.config.rank_signal == "spectrum":
+            grads = -self.boundary_values().to(device)
+        else:
+            grads = torch.stack(
+                [torch.zeros((), device=device) if layer.rho.grad is None
+                 else layer.rho.grad.detach().to(device) for layer in self.layers]
+            ).double()  # fmt: skip
         if self._rank_m is None or self._rank_m.device != device:
             self._rank_m = torch.zeros_like(grads)
             self._rank_v = torch.zeros((), dtype=torch.float64, device=device)
@@ -289,6 +292,26 @@ class RankController:
         self._write_rhos(self._device_rhos() - update)
         for layer in self.layers:
             layer.rho.grad = None
+
+    BOUNDARY_TAU = 0.5
+    """Width of the window over the spectrum that :meth:`boundary_values` reads around rho."""
+
+    @torch.no_grad()
+    def boundary_values(self) -> torch.Tensor:
+        """Each layer's squared singular value at its rank boundary (L,): the spectrum of its
+        gated update read through the gate's slope d r_eff / d rho at temperature
+        ``BOUNDARY_TAU``. Truncating an update at rank k loses the sum of its squared
+        singular values beyond k (Eckart-Young), so this is what one less open component
+        would cost, in the update's squared Frobenius norm."""
+        values = []
+        for layer in self.layers:
+            spectrum = layer.spectrum().double().square()
+            index = self._constants(spectrum.device)["index"]
+            gate = torch.sigmoid((layer.rho.detach().double().to(spectrum.device) - index)
+                                 / self.BOUNDARY_TAU)  # fmt: skip
+            window = gate * (1 - gate)
+            values.append((spectrum * window).sum() / window.sum().clamp_min(1e-12))
+        return torch.stack(values)
 
     def _write_rhos(self, rhos: torch.Tensor) -> None:
         """Copy rhos (L,) into the layers' rho: one multi-tensor copy where they share a

@@ -182,6 +182,19 @@ class LRLoRALinear(nn.Module):
         self.rho.fill_(float(rank))
         self.rho.requires_grad_(False)
 
+    @torch.no_grad()
+    def spectrum(self) -> torch.Tensor:
+        """Singular values (R,), descending, of the gated update s * B diag(g) A: what the
+        layer's best rank-k truncations keep. From a thin QR of B and A^T and the SVD of
+        the small R x R core, so it costs O((d_in + d_out) R^2), not a d_out x d_in SVD."""
+        g = self.gate().float()
+        _, r_b = torch.linalg.qr(self.lora_B.float())  # (k_b, R)
+        _, r_a = torch.linalg.qr(self.lora_A.float().T)  # (k_a, R)
+        values = torch.linalg.svdvals((r_b * g) @ r_a.T)  # (min(k_b, k_a),)
+        scale = self.scaling(g)
+        values = values * (scale if isinstance(scale, float) else scale.float())
+        return F.pad(values, (0, self.r_max - values.numel()))
+
     def component_strength(self) -> torch.Tensor:
         """||b_i|| * ||a_i|| * g_i for every component i (R,): what truncating i would remove."""
         return self.lora_B.norm(dim=0) * self.lora_A.norm(dim=1) * self.gate()

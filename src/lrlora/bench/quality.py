@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -31,6 +28,7 @@ from ..app.tasks.causal import EVAL_SUBSET_SEED, evaluate
 from ..app.tasks.data import resolve_data_dir
 from ..app.train import METHODS, NonFiniteLossError, TrainArgs, train
 from ..util import field_help, versions, write_json_atomic
+from . import planted
 from .plan import (
     FINAL,
     LR_CHOICE_FILE,
@@ -45,6 +43,7 @@ from .plan import (
     zero_shot_id,
     zero_shot_path,
 )
+from .records import command_line, keep_aside, machine
 from .results_md import write_report
 from .suites import SUITES, Matrix, TaskSizing, get_suite
 from .variants import split_method
@@ -54,7 +53,11 @@ from .variants import split_method
 class BenchArgs:
     """Everything ``lrlora bench`` depends on; the CLI flags are generated from it."""
 
-    suite: str = field_help("Benchmark suite.", "glue", choices=tuple(SUITES))
+    suite: str = field_help(
+        "Benchmark suite ('planted': the planted-rank proving ground, docs/RESULTS-planted.md).",
+        "glue",
+        choices=(*SUITES, "planted"),
+    )
     tasks: list[str] | None = field_help("Tasks to run. Default: all of the suite's.")
     methods: list[str] | None = field_help(
         f"Methods to run (of {', '.join(METHODS)}, or the suite's variants such as "
@@ -89,7 +92,10 @@ class BenchArgs:
     force: bool = field_help("Re-run finished runs and replace their results.", False)
 
     def __post_init__(self) -> None:
-        self.matrix()  # ValueError naming the unknown suite, task or method
+        if self.suite == "planted":  # ValueError naming a bad pattern or method
+            planted.plan_runs(self.tasks or [], self.methods or [], self.seeds or [0])
+        else:
+            self.matrix()  # ValueError naming the unknown suite, task or method
 
     def matrix(self) -> Matrix:
         """What this invocation runs: the suite's matrix narrowed by the flags."""
@@ -132,15 +138,6 @@ class BenchArgs:
     @property
     def docs_path(self) -> Path:
         return self._default(self.docs_dir, "docs", str(self.results_path / "report"))
-
-
-# -- provenance ---------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform()}
-
-
-def command_line() -> list[str]:
-    return [Path(sys.argv[0]).name, *sys.argv[1:]]
 
 
 # -- one run ------------------------------------------------------------------------------------
@@ -247,20 +244,6 @@ class ResultExistsError(FileExistsError):
     """A finished result is in the way and ``force`` is off."""
 
 
-def stale_path(path: Path) -> Path:
-    """Where a stale result at ``path`` is kept: ``<results dir>/stale/<stem>.<mtime>.json``,
-    made unique with a counter. The name comes from the path and the file's modification
-    time, never from the file's contents, so a result cannot choose where it is moved."""
-    stamp = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y%m%dT%H%M%S")
-    stale = path.parent / "stale"
-    keep = stale / f"{path.stem}.{stamp}.json"
-    count = 1
-    while keep.exists():
-        keep = stale / f"{path.stem}.{stamp}-{count}.json"
-        count += 1
-    return keep
-
-
 def write_result(path: Path, record: dict[str, Any], force: bool) -> None:
     """Write a result atomically; a finished result is replaced only with ``force``. A stale
     one (another sizing of its task or other settings of its method than ``record``) is first
@@ -271,9 +254,7 @@ def write_result(path: Path, record: dict[str, Any], force: bool) -> None:
         recorded = record.get("train_args")
         method = settings(recorded, record["method"]) if recorded is not None else None
         if is_stale(existing, sizing, method):
-            keep = stale_path(path)
-            keep.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, keep)
+            keep_aside(path)
             existing = None
     if not force and existing is not None:
         raise ResultExistsError(f"{path} holds a finished result; pass --force to replace it.")
@@ -409,6 +390,12 @@ def format_plan(plan: BenchPlan) -> str:
 def run_bench(args: BenchArgs) -> int:
     """``lrlora bench``: dry run, report only, or run the matrix and report; the exit
     status is 1 if any run failed."""
+    if args.suite == "planted":
+        return planted.main(
+            args.tasks, args.methods, args.seeds, quick=args.quick,
+            results_dir=args.results_path, docs_dir=args.docs_path, data_dir=args.data_dir,
+            model=args.model, dry_run=args.dry_run, report_only=args.report_only, force=args.force,
+        )  # fmt: skip
     if args.dry_run:
         print(format_plan(build_plan(args.matrix(), args.results_path)))
         return 0

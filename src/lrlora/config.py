@@ -107,6 +107,7 @@ class LRLoRAConfig:
     def __post_init__(self) -> None:
         self._check_targets()
         self._check_ranks()
+        self._check_rank_update()
         self._check_schedules()
 
     def _check_targets(self) -> None:
@@ -126,16 +127,6 @@ class LRLoRAConfig:
             raise ValueError(f"init_rank must be in (0, r_max={self.r_max}], got {self.init_rank}.")
         if self.rank_mode not in ("budget", "penalty"):
             raise ValueError(f"rank_mode must be 'budget' or 'penalty', got {self.rank_mode!r}.")
-        if self.rank_update not in ("shared", "optimizer"):
-            raise ValueError(
-                f"rank_update must be 'shared' or 'optimizer', got {self.rank_update!r}."
-            )
-        if self.rank_signal not in ("gradient", "spectrum"):
-            raise ValueError(
-                f"rank_signal must be 'gradient' or 'spectrum', got {self.rank_signal!r}."
-            )
-        if self.rank_signal == "spectrum" and self.rank_update != "shared":
-            raise ValueError("rank_signal='spectrum' needs rank_update='shared'.")
         if self.scaling not in ("budget", "max", "sqrt"):
             raise ValueError(f"scaling must be 'budget', 'max' or 'sqrt', got {self.scaling!r}.")
         if self.rank_mode == "budget":
@@ -155,6 +146,21 @@ class LRLoRAConfig:
             raise ValueError(f"penalty (lambda) must be >= 0, got {self.penalty}.")
         if self.scaling == "budget" and self.budget_rank is None and self.budget_params is None:
             raise ValueError("scaling='budget' needs a budget; use scaling='max' in penalty mode.")
+
+    def _check_rank_update(self) -> None:
+        if self.rank_update not in ("shared", "optimizer"):
+            raise ValueError(
+                f"rank_update must be 'shared' or 'optimizer', got {self.rank_update!r}."
+            )
+        if self.rank_signal not in ("gradient", "spectrum"):
+            raise ValueError(
+                f"rank_signal must be 'gradient' or 'spectrum', got {self.rank_signal!r}."
+            )
+        if self.rank_signal == "spectrum" and self.rank_update != "shared":
+            raise ValueError(
+                "rank_signal='spectrum' moves rho through the shared rank update: set "
+                "rank_update='shared' (or rank_signal='gradient')."
+            )
 
     def _check_schedules(self) -> None:
         if not 0.0 <= self.dropout < 1.0:

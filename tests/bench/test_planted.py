@@ -11,7 +11,6 @@ import torch
 pytest.importorskip("transformers")
 
 from lrlora.bench import planted  # noqa: E402
-
 from tiny import tiny_bert  # noqa: E402
 
 PATTERN = {r"bert\.encoder\.layer\.1\.attention\.self\.value": 3, r".*\.query": 1}

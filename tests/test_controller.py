@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 import lrlora
 from lrlora.app import demo
@@ -246,3 +247,52 @@ def test_the_trainer_callback_refuses_a_controller_it_cannot_drive():
         other = torch.optim.SGD(lrlora.optimizer_groups(model, lr=1e-2))
         with pytest.raises(ValueError, match="hooks another optimizer"):
             check_reusable(controller, other, 5)
+
+
+@pytest.mark.parametrize("signal", ["spectrum", "sensitivity"])
+def test_rank_signals_move_rank_to_the_layer_that_carries_the_update(signal):
+    """Two layers, one whose update matters: under a constant budget the component cost
+    (squared singular value or Fisher sensitivity) moves rank from the idle layer to it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    config = lrlora.LRLoRAConfig(
+        target_modules=["0", "1"], r_max=6, budget_rank=3, rank_signal=signal, rank_lr=0.2
+    )
+    lrlora.inject(model, config)
+    optimizer = torch.optim.Adam(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=60)
+    teacher = torch.randn(8, 8) * 0.5
+    for _ in range(60):
+        x = torch.randn(32, 8)
+        target = model[1].base(model[0].base(x) + x @ teacher.T)  # only layer 0 must change
+        with torch.no_grad():
+            model[1].lora_B.zero_()  # layer 1 learns nothing
+        loss = (model(x) - target).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        controller.step()
+        optimizer.zero_grad()
+    ranks = controller.harden()
+    assert ranks["0"] > 3 > ranks["1"], ranks
+    controller.close()
+    assert all(layer.sensitivity is None for _, layer in lrlora.lora_layers(model))
+
+
+def test_the_sensitivity_signal_moves_each_rho_by_its_boundary_cost():
+    """First step of the shared update: rho_l rises by lr * v_l / rms(v), v_l the layer's
+    accumulated sensitivity read through the boundary window; the gradient is ignored and
+    the accumulators are cleared."""
+    model = lrlora.inject(tiny_bert(), bert_config(rank_signal="sensitivity", rank_lr=0.1))
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=10)
+    layers = [layer for _, layer in lrlora.lora_layers(model)]
+    for i, layer in enumerate(layers):
+        layer.sensitivity.fill_(float(i + 1))  # the same cost on every component
+        layer.rho.grad = torch.tensor(-100.0)  # ignored under this signal
+    before = torch.stack([layer.rho.detach().clone() for layer in layers])
+    optimizer.step()
+    moved = torch.stack([layer.rho.detach() for layer in layers]) - before
+    values = torch.arange(1.0, len(layers) + 1)
+    torch.testing.assert_close(moved, 0.1 * values / values.square().mean().sqrt())
+    assert all(float(layer.sensitivity.abs().sum()) == 0 for layer in layers)
+    controller.close()

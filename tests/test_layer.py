@@ -134,3 +134,29 @@ def _dropped_before(delta, s, r, layer):
 def test_harden_rejects_impossible_rank():
     with pytest.raises(ValueError, match="hard rank must be in"):
         _layer().harden(rank=99)
+
+
+def test_spectrum_is_the_singular_values_of_the_gated_update():
+    torch.manual_seed(0)
+    layer = LRLoRALinear(nn.Linear(20, 30), r_max=6, init_rank=3.3, alpha=6, ref_rank=6)
+    nn.init.normal_(layer.lora_B)
+    expected = torch.linalg.svdvals(layer.delta_weight().detach().double())[:6]
+    torch.testing.assert_close(layer.spectrum().double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sensitivity_is_the_per_example_squared_first_order_cost_of_each_component():
+    """sum_n (g_k dL_n/dg_k)^2 with examples of several tokens, checked against the gate's
+    derivative written out: dL_n/dg_k = s * sum_t (dL/dy_t . b_k)(a_k . x_t)."""
+    torch.manual_seed(0)
+    layer = LRLoRALinear(nn.Linear(5, 4), r_max=3, init_rank=2.2, alpha=3, ref_rank=3)
+    nn.init.normal_(layer.lora_B)
+    layer.sensitivity = torch.zeros(3)
+    x = torch.randn(2, 7, 5)  # 2 examples of 7 tokens
+    target = torch.randn(2, 7, 4)
+    y = layer(x)
+    dy = torch.autograd.grad((y - target).pow(2).sum(), y, retain_graph=True)[0]
+    (y - target).pow(2).sum().backward()
+    g, s = layer.gate().detach(), layer.scaling()
+    a, b = layer.lora_A.detach(), layer.lora_B.detach()
+    per_example = s * torch.einsum("ntd,dk,ntk->nk", dy, b, x @ a.T) * g  # (n, R)
+    torch.testing.assert_close(layer.sensitivity, per_example.square().sum(0), rtol=1e-4, atol=1e-6)

@@ -17,7 +17,7 @@ RankMode = Literal["budget", "penalty"]
 ScalingRule = Literal["budget", "max", "sqrt"]
 TauShape = Literal["cosine", "linear", "exp"]
 RankUpdate = Literal["shared", "optimizer"]
-RankSignal = Literal["gradient", "spectrum"]
+RankSignal = Literal["gradient", "spectrum", "sensitivity"]
 
 
 @dataclass
@@ -63,8 +63,10 @@ class LRLoRAConfig:
         "What moves rho under the shared rank update. 'spectrum': each layer's rank rises "
         "in proportion to the singular value of its gated update at the rank boundary (what "
         "closing the next gate would remove), so the budget projection keeps the singular "
-        "values that are largest per parameter across layers. 'gradient': the task loss's "
-        "gradient on rho through the gate.",
+        "values that are largest per parameter across layers. 'sensitivity': the same with "
+        "each component's second-order loss cost of closing (the empirical Fisher of its "
+        "gate) instead of its squared singular value. 'gradient': the task loss's gradient "
+        "on rho through the gate.",
         "gradient",
     )
     tau_start: float = _help("Gate temperature at step 0.", 1.0)
@@ -152,14 +154,15 @@ class LRLoRAConfig:
             raise ValueError(
                 f"rank_update must be 'shared' or 'optimizer', got {self.rank_update!r}."
             )
-        if self.rank_signal not in ("gradient", "spectrum"):
+        if self.rank_signal not in ("gradient", "spectrum", "sensitivity"):
             raise ValueError(
-                f"rank_signal must be 'gradient' or 'spectrum', got {self.rank_signal!r}."
+                "rank_signal must be 'gradient', 'spectrum' or 'sensitivity', got "
+                f"{self.rank_signal!r}."
             )
-        if self.rank_signal == "spectrum" and self.rank_update != "shared":
+        if self.rank_signal != "gradient" and self.rank_update != "shared":
             raise ValueError(
-                "rank_signal='spectrum' moves rho through the shared rank update: set "
-                "rank_update='shared' (or rank_signal='gradient')."
+                f"rank_signal={self.rank_signal!r} moves rho through the shared rank update: "
+                "set rank_update='shared' (or rank_signal='gradient')."
             )
 
     def _check_schedules(self) -> None:

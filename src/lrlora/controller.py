@@ -113,6 +113,9 @@ class RankController:
         self._rank_v: torch.Tensor | None = None  # and the one second moment all layers share
         self._rank_t = 0
         self._handles = self._hook(optimizer) if optimizer is not None else []
+        if self.config.rank_signal == "sensitivity":  # the layers start measuring it
+            for layer in self.layers:
+                layer.sensitivity = torch.zeros(layer.r_max, device=layer.lora_A.device)
 
     # -- hooks ------------------------------------------------------------------------------
     def _hook(self, optimizer: torch.optim.Optimizer) -> list[Any]:
@@ -138,6 +141,8 @@ class RankController:
         controller; the ranks and the controller's state stay as they are."""
         for handle in self._handles:
             handle.remove()
+        for layer in self.layers:
+            layer.sensitivity = None
         if self._handles:
             _CLAIMED.discard(self.optimizer)
         self._handles = []
@@ -272,7 +277,7 @@ class RankController:
         loss falls fastest per parameter. The gradients are consumed (set to None), so the
         optimizer leaves rho alone."""
         device = self.layers[0].rho.device
-        if self.config.rank_signal == "spectrum":
+        if self.config.rank_signal != "gradient":
             grads = -self.boundary_values().to(device)
         else:
             grads = torch.stack(
@@ -298,14 +303,22 @@ class RankController:
 
     @torch.no_grad()
     def boundary_values(self) -> torch.Tensor:
-        """Each layer's squared singular value at its rank boundary (L,): the spectrum of its
-        gated update read through the gate's slope d r_eff / d rho at temperature
-        ``BOUNDARY_TAU``. Truncating an update at rank k loses the sum of its squared
-        singular values beyond k (Eckart-Young), so this is what one less open component
-        would cost, in the update's squared Frobenius norm."""
+        """What closing each layer's next component would cost (L,), read from a per-component
+        cost through the gate's slope d r_eff / d rho at temperature ``BOUNDARY_TAU``.
+        'sensitivity': the components' empirical-Fisher cost accumulated by the layers since
+        the last optimizer step (then cleared). 'spectrum': the update's squared singular
+        values; truncating at rank k loses the sum of those beyond k (Eckart-Young)."""
+        if self.config.rank_signal == "sensitivity":
+            stacked = torch.stack([layer.sensitivity for layer in self.layers]).double()  # (L, R)
+            if _distributed():  # every process moves rho by the same, summed, sensitivity
+                dist.all_reduce(stacked)
+            costs = list(stacked.unbind())
+            for layer in self.layers:
+                layer.sensitivity.zero_()
+        else:
+            costs = [layer.spectrum().double().square() for layer in self.layers]
         values = []
-        for layer in self.layers:
-            spectrum = layer.spectrum().double().square()
+        for layer, spectrum in zip(self.layers, costs, strict=True):
             index = self._constants(spectrum.device)["index"]
             gate = torch.sigmoid((layer.rho.detach().double().to(spectrum.device) - index)
                                  / self.BOUNDARY_TAU)  # fmt: skip

@@ -95,6 +95,8 @@ class LRLoRALinear(nn.Module):
         self._hard_rank = -1
         self.merged = False
         self.disabled = False
+        # Set by the controller when rho follows the components' sensitivity (float32, (R,)).
+        self.sensitivity: torch.Tensor | None = None
 
     @property
     def hardened(self) -> bool:
@@ -144,9 +146,27 @@ class LRLoRALinear(nn.Module):
         # Gate and scaling scale A's rows (R x d_in), not the activations: no elementwise pass
         # over (..., R) or (..., d_out), nothing extra saved for backward.
         a = self.lora_A * (g * self.scaling(g))[:, None]  # (R, d_in)
-        h = F.linear(self.dropout(x), a).reshape(-1, self.r_max)  # (N, R)
+        h = F.linear(self.dropout(x), a)  # (..., R)
+        if self.sensitivity is not None and h.requires_grad and not self.hardened:
+            h.register_hook(self._add_sensitivity(h.detach()))
         # y + h B^T in one kernel: (N, d_out)
+        h = h.reshape(-1, self.r_max)  # (N, R)
         return torch.addmm(y.reshape(-1, self.d_out), h, self.lora_B.T).view(y.shape)
+
+    def _add_sensitivity(self, h: torch.Tensor) -> Any:
+        """A backward hook on h (..., R) that adds sum_n (sum_t dL/dh_tk h_tk)^2 to
+        ``sensitivity``: per example n (a row, or a sequence of tokens t), the squared
+        first-order change of the loss when component k is removed. Its sum over examples
+        is the empirical Fisher of the gate times g^2 (g dL/dg_k = sum_t dL/dh_tk h_tk), the
+        second-order cost of closing the gate, which does not vanish where the loss's mean
+        gradient does."""
+
+        def hook(grad: torch.Tensor) -> None:
+            change = (grad.float() * h.float()).flatten(1, -2) if h.dim() > 2 else grad * h
+            per_example = change.sum(1) if h.dim() > 2 else change.float()  # (n, R)
+            self.sensitivity += per_example.square().sum(0)
+
+        return hook
 
     def delta_weight(self) -> torch.Tensor:
         """s * B diag(g) A, shaped like the base weight (transposed for Conv1D)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import LRLoRAConfig, RankUpdate, ScalingRule
+from ..config import LRLoRAConfig, RankSignal, RankUpdate, ScalingRule
 from ..util import field_help
 from .baselines import ADALORA_ORTH_REG_WEIGHT, SCALING
 from .models import MINILM_PACKAGE
@@ -107,6 +107,7 @@ class TrainArgs:
     lr: float = field_help("Learning rate of adapters and head (every method).", 1e-3)
     rank_lr: float = _from_lrlora("rank_lr")
     rank_update: RankUpdate = _from_lrlora("rank_update")
+    rank_signal: RankSignal = _from_lrlora("rank_signal")
     init_rank: float | None = _from_lrlora("init_rank")
     rebalance_every: int = _from_lrlora("rebalance_every")
     rebalance_exact: bool = _from_lrlora("rebalance_exact")

@@ -146,20 +146,23 @@ class LRLoRALinear(nn.Module):
         # Gate and scaling scale A's rows (R x d_in), not the activations: no elementwise pass
         # over (..., R) or (..., d_out), nothing extra saved for backward.
         a = self.lora_A * (g * self.scaling(g))[:, None]  # (R, d_in)
-        h = F.linear(self.dropout(x), a)  # (..., R)
+        x = self.dropout(x)
+        h = F.linear(x, a)  # (..., R)
         if self.sensitivity is not None and h.requires_grad and not self.hardened:
-            h.register_hook(self._add_sensitivity(h.detach()))
+            with torch.no_grad():  # every component as if its gate were open
+                h_open = F.linear(x, self.lora_A) * self.scaling(g)
+            h.register_hook(self._add_sensitivity(h_open))
         # y + h B^T in one kernel: (N, d_out)
         h = h.reshape(-1, self.r_max)  # (N, R)
         return torch.addmm(y.reshape(-1, self.d_out), h, self.lora_B.T).view(y.shape)
 
     def _add_sensitivity(self, h: torch.Tensor) -> Any:
-        """A backward hook on h (..., R) that adds sum_n (sum_t dL/dh_tk h_tk)^2 to
-        ``sensitivity``: per example n (a row, or a sequence of tokens t), the squared
-        first-order change of the loss when component k is removed. Its sum over examples
-        is the empirical Fisher of the gate times g^2 (g dL/dg_k = sum_t dL/dh_tk h_tk), the
-        second-order cost of closing the gate, which does not vanish where the loss's mean
-        gradient does."""
+        """A backward hook on the gated activations that adds sum_n (dL_n/dg_k)^2 to
+        ``sensitivity`` (R,), with dL_n/dg_k = sum_t dL/dh_tk h_tk for ``h`` the activations
+        with the gate open (..., R), per example n (a row, or a sequence of tokens t): the
+        empirical Fisher of each gate. Half of it is the second-order cost of closing an open
+        component, or the gain of opening a closed one (whose B keeps what it had learned);
+        unlike the mean gradient it does not vanish where the loss is at a minimum."""
 
         def hook(grad: torch.Tensor) -> None:
             change = (grad.float() * h.float()).flatten(1, -2) if h.dim() > 2 else grad * h

@@ -63,3 +63,43 @@ def test_patterns_are_data_named_inline_or_from_a_file(tmp_path):
         planted.planted_ranks(tiny_bert(), {r"nothing": 3}, planted.TARGETS)
     with pytest.raises(planted.PatternError, match="its limit is 32"):
         planted.planted_ranks(tiny_bert(), {r".*\.query": 40}, planted.TARGETS)
+
+
+def test_the_suite_runs_resumes_and_reports_end_to_end(tiny_bert_dir, tmp_path, capsys):
+    from lrlora.cli import main
+
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    inline = r".*layer\.1\..*=3,.*\.query=1"
+    argv = ["bench", "--suite", "planted", "--quick", "--model", tiny_bert_dir,
+            "--tasks", "uniform", inline, "--methods", "lora", "oracle", "lr-lora",
+            "--results-dir", str(results), "--docs-dir", str(docs)]  # fmt: skip
+    assert main(argv) == 0
+    files = sorted(results.glob("planted__*.json"))
+    assert len(files) == 6
+    record = json.loads((results / "planted__uniform__lr-lora__s0.json").read_text())
+    assert record["suite"] == "planted" and record["task"] == "uniform" and record["seed"] == 0
+    assert 0 < record["metrics"]["rel_error"] < 2 and record["settings"]["rank_signal"]
+    assert set(record["metrics"]["ranks"]) == set(record["planted"])
+    assert record["metrics"]["adapter_params"] <= record["metrics"]["budget_params"]
+    custom = [f for f in files if "custom-" in f.name]
+    ours = next(f for f in custom if "lr-lora" in f.name)
+    assert len(custom) == 3 and "rank_spearman" in json.loads(ours.read_text())["metrics"]
+    report = (docs / "RESULTS-planted.md").read_text()
+    assert "| uniform |" in report and (docs / "figures" / "planted-uniform.png").is_file()
+    capsys.readouterr()
+    assert main(argv) == 0  # everything finished: nothing runs again
+    assert "[1/" not in capsys.readouterr().out
+    stale = json.loads(files[0].read_text())
+    files[0].write_text(json.dumps({**stale, "sizing": {**stale["sizing"], "steps": 99}}))
+    assert main(argv) == 0  # a result of another sizing runs again; the old one is kept
+    assert "[1/1]" in capsys.readouterr().out
+    assert len(list((results / "stale").glob("*.json"))) == 1
+
+
+def test_a_bad_pattern_is_one_line_error(tmp_path, capsys):
+    from lrlora.cli import main
+
+    assert main(["bench", "--suite", "planted", "--tasks", "x=notarank",
+                 "--results-dir", str(tmp_path)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lrlora: error:") and "regex=rank" in err

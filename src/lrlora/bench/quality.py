@@ -28,7 +28,7 @@ from ..app.tasks.causal import EVAL_SUBSET_SEED, evaluate
 from ..app.tasks.data import resolve_data_dir
 from ..app.train import METHODS, NonFiniteLossError, TrainArgs, train
 from ..util import field_help, versions, write_json_atomic
-from . import planted
+from . import planted_suite
 from .plan import (
     FINAL,
     LR_CHOICE_FILE,
@@ -93,7 +93,7 @@ class BenchArgs:
 
     def __post_init__(self) -> None:
         if self.suite == "planted":  # ValueError naming a bad pattern or method
-            planted.plan_runs(self.tasks or [], self.methods or [], self.seeds or [0])
+            planted_suite.plan_runs(self.tasks or [], self.methods or [], self.seeds or [0])
         else:
             self.matrix()  # ValueError naming the unknown suite, task or method
 
@@ -391,7 +391,7 @@ def run_bench(args: BenchArgs) -> int:
     """``lrlora bench``: dry run, report only, or run the matrix and report; the exit
     status is 1 if any run failed."""
     if args.suite == "planted":
-        return planted.main(
+        return planted_suite.main(
             args.tasks, args.methods, args.seeds, quick=args.quick,
             results_dir=args.results_path, docs_dir=args.docs_path, data_dir=args.data_dir,
             model=args.model, dry_run=args.dry_run, report_only=args.report_only, force=args.force,

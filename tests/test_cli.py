@@ -105,6 +105,25 @@ def test_unknown_target_modules_are_reported(tiny_bert_dir, tmp_path, capsys):
     assert "matched no" in err and "query" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--target-modules", "query", "kee"], "['kee'] matched no"),  # one typo of two
+        (["--budget-rank", "500"], "can hold"),  # more rank than a 32-wide layer has
+        (["--method", "lora", "--budget-rank", "40", "--target-modules", "query"], "can hold"),
+    ],
+)
+def test_targets_and_ranks_the_model_cannot_take_are_one_line_errors(
+    flags, message, tiny_bert_dir, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    assert main(["train", "--model", tiny_bert_dir, "--output-dir", str(run), *flags]) == 2
+    err = capsys.readouterr().err  # after the model loaded: its progress bar comes first
+    (line,) = [line for line in err.splitlines() if "error" in line]
+    assert line.startswith("lrlora: error: ") and message in line and "Traceback" not in err
+    assert not run.exists() and not run.with_name("run.checkpoints").exists()
+
+
 def test_train_then_report(tiny_bert_dir, tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "--model", tiny_bert_dir, "--output-dir", str(run), "--max-steps", "4",

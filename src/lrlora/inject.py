@@ -43,15 +43,22 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LRLoRALinear]]:
 
 
 def resolve_targets(model: nn.Module, config: LRLoRAConfig) -> list[str]:
-    """Full names of the modules the config adapts; errors if one is not linear."""
+    """Full names of the modules the config adapts. Errors if the model already holds an
+    adapter (inject once per model), if a target is not linear or cannot hold ``r_max``
+    components, or if an entry of a target list matches nothing."""
+    adapted = [name for name, _ in lora_layers(model)]
+    if adapted:
+        raise ValueError(
+            f"this model already has LR-LoRA adapters ({adapted[0]}, ...): inject once per "
+            "model, with every target in one config (a second inject would freeze the first "
+            "adapter and nest adapters in adapters)."
+        )
     chosen = []
     for name, module in model.named_modules():
         if not name or not matches(name, config.target_modules):
             continue
         if matches(name, config.exclude_modules):
             continue
-        if isinstance(module, LRLoRALinear):
-            raise ValueError(f"{name} already has an LR-LoRA adapter; inject once per model.")
         if not is_adaptable(module):
             if isinstance(config.target_modules, str):
                 continue  # a regex may also match containers; only linear layers count
@@ -59,10 +66,39 @@ def resolve_targets(model: nn.Module, config: LRLoRAConfig) -> list[str]:
                 f"target {name} is a {type(module).__name__}; LR-LoRA adapts nn.Linear and "
                 "transformers' Conv1D layers only. Name the linear layers inside it instead."
             )
+        _check_capacity(name, module, config.r_max)
         chosen.append(name)
     if not chosen:
         raise _no_match_error(model, config)
+    _check_every_entry_matches(model, config, chosen)
     return chosen
+
+
+def _check_capacity(name: str, module: nn.Module, r_max: int) -> None:
+    limit = min(module.weight.shape)
+    if r_max > limit:
+        raise ValueError(
+            f"r_max={r_max} is more than {name} can hold: a {tuple(module.weight.shape)} weight "
+            f"has rank at most {limit}. Choose r_max (and the budget rank) <= {limit}."
+        )
+
+
+def _check_every_entry_matches(model: nn.Module, config: LRLoRAConfig, chosen: list[str]) -> None:
+    """With a list of targets, an entry that matches no chosen layer is a mistake (a typo
+    would otherwise adapt fewer layers than asked, silently)."""
+    if isinstance(config.target_modules, str):
+        return
+    unmatched = [t for t in config.target_modules if not any(matches(n, [t]) for n in chosen)]
+    if unmatched:
+        names = [n for n, m in model.named_modules() if is_adaptable(m)]
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+        close = sorted(
+            {c for t in unmatched for c in difflib.get_close_matches(t, leaves + names, n=3)}
+        )
+        raise ValueError(
+            f"target_modules entries {unmatched} match no linear layer in "
+            f"{type(model).__name__}. Closest names found: {close or leaves[:8]}."
+        )
 
 
 def reference_rank(model: nn.Module, config: LRLoRAConfig, targets: list[str]) -> float:

@@ -80,14 +80,24 @@ def lora_budget_params(model: nn.Module, target_modules: list[str] | str, rank: 
     with peft's rules (a str is a regex that must match the full name; a list entry matches
     the full name or a dotted suffix). Other matched module types are ignored.
     """
-    dims = [
-        _layer_dims(module)
+    layers = {
+        name: _layer_dims(module)
         for name, module in model.named_modules()
         if name and is_adaptable(module) and matches(name, target_modules)
-    ]
-    if not dims:
+    }
+    if not layers:
         raise _no_match_error(model, target_modules)
-    return sum(rank * (d_in + d_out) for d_in, d_out in dims)
+    if not isinstance(target_modules, str):
+        unmatched = [t for t in target_modules if not any(matches(n, [t]) for n in layers)]
+        if unmatched:
+            raise _no_match_error(model, unmatched)
+    for name, (d_in, d_out) in layers.items():
+        if rank > min(d_in, d_out):
+            raise ValueError(
+                f"rank {rank} is more than {name} can hold ({d_in} -> {d_out}: at most "
+                f"{min(d_in, d_out)}); choose a budget rank <= {min(d_in, d_out)}."
+            )
+    return sum(rank * (d_in + d_out) for d_in, d_out in layers.values())
 
 
 def adalora_schedule(total_steps: int) -> tuple[int, int]:

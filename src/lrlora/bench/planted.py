@@ -30,7 +30,7 @@ import copy
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,9 +254,9 @@ class Student:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    after_step: Any  # callable(step) -> None
-    finish: Any  # callable() -> dict[str, int] of final ranks (empty: fixed ranks)
-    params: Any  # callable() -> int, adapter parameters at the end
+    after_step: Callable[[int], None]  # after optimizer step n (1-based)
+    finish: Callable[[], dict[str, int]]  # final ranks of a rank-choosing method, else {}
+    params: Callable[[], int]  # adapter parameters at the end
 
 
 def make_student(
@@ -351,7 +351,7 @@ class PlantedSetup:
     budget: int
     batches: Batches
     teacher_held_out: torch.Tensor
-    base_error: float
+    base_held_out: torch.Tensor
 
 
 def build_setup(
@@ -374,9 +374,8 @@ def build_setup(
     batches = make_batches(tokenizer, *texts, steps, batch_size, max_length, seed)
     target = held_out_states(teacher, batches.held_out)
     base_states = held_out_states(base, batches.held_out)
-    base_error = float((base_states - target).pow(2).sum())
     return PlantedSetup(
-        base, teacher, ranks, planted_params(base, ranks), batches, target, base_error
+        base, teacher, ranks, planted_params(base, ranks), batches, target, base_states
     )
 
 
@@ -412,7 +411,7 @@ def train_student(
             print(f"  step {step} loss {float(loss):.5f}", flush=True)
     learned = student.finish()
     states = held_out_states(student.model, setup.batches.held_out)
-    error = float((states - setup.teacher_held_out).pow(2).sum()) / setup.base_error
+    error = relative_error(states, setup.teacher_held_out, setup.base_held_out)
     metrics: dict[str, Any] = {
         "rel_error": error,
         "adapter_params": student.params(),

@@ -22,10 +22,11 @@ def matches(name: str, patterns: list[str] | str | None) -> bool:
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
-def _no_match_error(model: nn.Module, config: LRLoRAConfig) -> ValueError:
+def _no_match_error(model: nn.Module, wanted: list[str] | str) -> ValueError:
+    """``wanted`` (target_modules, or the entries of it that matched nothing) named with the
+    model's closest linear layer names."""
     names = [n for n, m in model.named_modules() if is_adaptable(m)]
     leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
-    wanted = config.target_modules
     probes = [wanted] if isinstance(wanted, str) else wanted
     close = sorted({c for p in probes for c in difflib.get_close_matches(p, leaves + names, n=3)})
     return ValueError(
@@ -69,7 +70,7 @@ def resolve_targets(model: nn.Module, config: LRLoRAConfig) -> list[str]:
         _check_capacity(name, module, config.r_max)
         chosen.append(name)
     if not chosen:
-        raise _no_match_error(model, config)
+        raise _no_match_error(model, config.target_modules)
     _check_every_entry_matches(model, config, chosen)
     return chosen
 
@@ -90,15 +91,7 @@ def _check_every_entry_matches(model: nn.Module, config: LRLoRAConfig, chosen: l
         return
     unmatched = [t for t in config.target_modules if not any(matches(n, [t]) for n in chosen)]
     if unmatched:
-        names = [n for n, m in model.named_modules() if is_adaptable(m)]
-        leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
-        close = sorted(
-            {c for t in unmatched for c in difflib.get_close_matches(t, leaves + names, n=3)}
-        )
-        raise ValueError(
-            f"target_modules entries {unmatched} match no linear layer in "
-            f"{type(model).__name__}. Closest names found: {close or leaves[:8]}."
-        )
+        raise _no_match_error(model, unmatched)
 
 
 def reference_rank(model: nn.Module, config: LRLoRAConfig, targets: list[str]) -> float:

@@ -33,6 +33,25 @@ def test_planted_teacher_has_the_planted_rank_and_the_budget_is_its_size():
     assert planted.planted_params(base, ranks) == 3 * 64 + 2 * 64
 
 
+def test_a_rule_can_plant_a_stronger_delta():
+    base = tiny_bert()
+    pattern = {r".*layer\.1\.attention\.self\.value": [3, 2.0], r".*\.query": 1}
+    assert planted.parse_pattern(r".*layer\.1\.attention\.self\.value=3@2,.*\.query=1") == {
+        k: list(v) if isinstance(v, list) else v for k, v in pattern.items()
+    }
+    ranks = planted.planted_ranks(base, pattern, planted.TARGETS)
+    strengths = planted.planted_strengths(base, pattern, planted.TARGETS)
+    teacher = planted.plant(base, ranks, 0.15, torch.Generator().manual_seed(0), strengths)
+    for name, expected in [("bert.encoder.layer.1.attention.self.value", 0.30),
+                           ("bert.encoder.layer.0.attention.self.query", 0.15)]:  # fmt: skip
+        w0 = base.get_submodule(name).weight.double().detach()
+        delta = (teacher.get_submodule(name).weight.double() - w0).detach()
+        assert float(delta.norm() / w0.norm()) == pytest.approx(expected, rel=1e-4)
+    for bad in ('{"x": [2, 0]}', '{"x": [2]}', '{"x": [2, "big"]}'):
+        with pytest.raises(planted.PatternError, match="strength"):
+            planted.parse_pattern(bad)
+
+
 def test_relative_error_is_one_for_the_base_and_zero_for_the_teacher():
     teacher, base = torch.randn(10, 4), torch.randn(10, 4)
     assert planted.relative_error(base, teacher, base) == 1.0

@@ -124,9 +124,15 @@ def parse_task(text: str) -> tuple[str, Pattern]:
 @dataclass(frozen=True)
 class PlantedRun:
     task: str
-    rules: tuple[tuple[str, int], ...]
+    rules: tuple[tuple[str, Any], ...]
+    """The pattern's rules; a [rank, strength] value is held as a tuple (hashable)."""
     method: str
     seed: int
+
+    @property
+    def pattern(self) -> dict[str, Any]:
+        """The rules as JSON holds them."""
+        return {regex: list(v) if isinstance(v, tuple) else v for regex, v in self.rules}
 
     @property
     def id(self) -> str:
@@ -144,7 +150,8 @@ def plan_runs(tasks: list[str], methods: list[str], seeds: list[int]) -> list[Pl
     runs = []
     for text in tasks:
         label, rules = parse_task(text)
-        runs += [PlantedRun(label, tuple(rules.items()), m, s) for s in seeds for m in methods]
+        held = tuple((r, tuple(v) if isinstance(v, list) else v) for r, v in rules.items())
+        runs += [PlantedRun(label, held, m, s) for s in seeds for m in methods]
     return runs
 
 
@@ -152,7 +159,7 @@ def expected(run: PlantedRun, sizing: PlantedSizing) -> dict[str, Any]:
     """What a result of ``run`` must have been recorded with to count as finished."""
     method, overrides = split_variant(run.method)
     settings = lr_lora_settings(overrides, sizing) if method == "lr-lora" else None
-    return {"sizing": dataclasses.asdict(sizing), "pattern": dict(run.rules), "settings": settings}
+    return {"sizing": dataclasses.asdict(sizing), "pattern": run.pattern, "settings": settings}
 
 
 def finished(path: Path, run: PlantedRun, sizing: PlantedSizing) -> dict[str, Any] | None:
@@ -241,7 +248,7 @@ def run_suite(
         if key not in setups:
             setups.clear()  # one teacher at a time
             setups[key] = build_setup(
-                context.base, context.tokenizer, dict(run.rules),
+                context.base, context.tokenizer, run.pattern,
                 (context.train_text, context.held_out_text), seed=run.seed, steps=sizing.steps,
                 batch_size=sizing.batch_size, max_length=sizing.max_length, scale=sizing.scale,
             )  # fmt: skip

@@ -296,3 +296,50 @@ def test_the_sensitivity_signal_moves_each_rho_by_its_boundary_cost():
     torch.testing.assert_close(moved, 0.1 * values / values.square().mean().sqrt())
     assert all(float(layer.sensitivity.abs().sum()) == 0 for layer in layers)
     controller.close()
+
+
+@pytest.mark.parametrize("moments", ["reset", "rescale"])
+def test_rebalancing_resets_or_rescales_the_moments_of_the_rewritten_factors(moments):
+    torch.manual_seed(0)
+    model = lrlora.inject(tiny_bert(), bert_config(rebalance_every=2, rebalance_moments=moments))
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=10)
+    layer = next(layer for _, layer in lrlora.lora_layers(model))
+    for step, (tokens, labels) in enumerate(random_batches(2), start=1):
+        model(tokens, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step == 2:
+            before = {k: v.clone() for k, v in optimizer.state[layer.lora_B].items()}
+        controller.step()
+    state = optimizer.state.get(layer.lora_B)
+    if moments == "reset":
+        assert not state
+        return
+    assert int(state["step"]) == int(before["step"])  # Adam's bias correction goes on
+    assert torch.count_nonzero(state["exp_avg"]) == 0
+    # the second moment is even along the components (B's columns), with each row's mean kept
+    second = state["exp_avg_sq"]
+    assert torch.allclose(second, second[:, :1].expand_as(second))
+    assert torch.allclose(second.mean(1), before["exp_avg_sq"].mean(1))
+
+
+def test_the_controller_hardens_at_harden_at_and_then_trains_the_fixed_adapter():
+    torch.manual_seed(0)
+    model = lrlora.inject(tiny_bert(), bert_config(harden_at=0.5))
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=8)
+    layers = [layer for _, layer in lrlora.lora_layers(model)]
+    seen = []
+    for tokens, labels in random_batches(8):
+        model(tokens, labels=labels).loss.backward()
+        optimizer.step()
+        controller.step()
+        optimizer.zero_grad()
+        seen.append((controller.hardened, [float(layer.rho) for layer in layers]))
+    assert [hardened for hardened, _ in seen] == [False] * 3 + [True] * 5
+    assert all(rhos == seen[3][1] for _, rhos in seen[3:])  # the ranks stay where they were
+    assert controller.adapter_params() <= controller.target_params
+    b_before = layers[0].lora_B.detach().clone()
+    ranks = controller.harden()  # the end of training: nothing left to change
+    assert ranks == controller.hard_ranks() and torch.equal(layers[0].lora_B, b_before)

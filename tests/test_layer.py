@@ -85,6 +85,23 @@ def test_hardening_change_is_bounded_by_soft_gate_mass(tau):
         assert mass.sum() < 1e-4 and diff.max() < 1e-3
 
 
+@pytest.mark.parametrize("sqrt_scaling", [False, True])
+def test_hardening_keeps_the_kept_components_output_exactly(sqrt_scaling):
+    """The gate of a kept component (and the sqrt scaling's change) is folded into B: only
+    the closed components' output is lost, however soft the gates were."""
+    layer = _layer(rho=3.3, tau=0.8)
+    layer.sqrt_scaling = sqrt_scaling
+    x = torch.randn(5, 10)
+    with torch.no_grad():
+        g, s = layer.gate(), layer.scaling()
+        soft = layer(x)
+        rank = layer.current_hard_rank()
+        closed = ((x @ layer.lora_A[rank:].T) * g[rank:] * s) @ layer.lora_B[:, rank:].T
+        layer.harden()
+        assert 0 < rank < layer.r_max and float(g[0]) < 0.99  # a soft gate was kept
+        assert torch.allclose(layer(x), soft - closed, atol=1e-5)
+
+
 def test_gate_is_nested_and_soft_rank_tracks_rho():
     layer = _layer(r_max=8, rho=4.0, tau=1.0)
     g = layer.gate()

@@ -17,6 +17,7 @@ RankMode = Literal["budget", "penalty"]
 ScalingRule = Literal["budget", "max", "sqrt"]
 TauShape = Literal["cosine", "linear", "exp"]
 RankUpdate = Literal["shared", "optimizer"]
+RebalanceMoments = Literal["reset", "rescale"]
 RankSignal = Literal["gradient", "spectrum", "sensitivity"]
 
 
@@ -88,6 +89,12 @@ class LRLoRAConfig:
     decay_end_frac: float = _help(
         "Fraction of training by which the allowance has decayed (cubically) to the budget.", 0.7
     )
+    harden_at: float = _help(
+        "Fraction of training after which the controller hardens the ranks itself, so that "
+        "the remaining steps train the final adapter; 1.0 hardens only when harden() is "
+        "called at the end.",
+        1.0,
+    )
     fill_budget: bool = _help(
         "Budget mode: project rho onto the allowance from both sides, so rank one layer "
         "gives up goes to the others; False makes the allowance only a cap.",
@@ -104,6 +111,13 @@ class LRLoRAConfig:
         "gate (down to 0.1) that the forward applies again. False: the new factors are gated "
         "a second time, which shrinks the update while the temperature is high.",
         False,
+    )
+    rebalance_moments: RebalanceMoments = _help(
+        "What re-balancing does to the optimizer's moments of A and B: 'reset' drops them "
+        "(Adam's next steps are full-size sign steps); 'rescale' zeroes the first moment and "
+        "spreads the second evenly over the re-written components, keeping its scale and "
+        "Adam's step count, so training resumes at its usual step size.",
+        "reset",
     )
 
     def __post_init__(self) -> None:
@@ -183,8 +197,16 @@ class LRLoRAConfig:
                 f"(its decay cannot end before it starts); got warmup_frac={self.warmup_frac}, "
                 f"decay_end_frac={self.decay_end_frac}."
             )
+        if not 0.0 < self.harden_at <= 1.0:
+            raise ValueError(
+                f"harden_at must be in (0, 1] (a fraction of training), got {self.harden_at}."
+            )
         if self.rebalance_every < 0:
             raise ValueError(f"rebalance_every must be >= 0, got {self.rebalance_every}.")
+        if self.rebalance_moments not in ("reset", "rescale"):
+            raise ValueError(
+                f"rebalance_moments must be 'reset' or 'rescale', got {self.rebalance_moments!r}."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

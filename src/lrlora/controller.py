@@ -35,6 +35,7 @@ from torch import nn
 from .budget import trim_to_budget
 from .config import LRLoRAConfig
 from .inject import config_of, lora_layers, reference_rank_of
+from .layer import LRLoRALinear
 from .schedules import allowance, temperature
 
 __all__ = [
@@ -248,6 +249,8 @@ class RankController:
     @torch.no_grad()
     def apply_penalty(self) -> None:
         """Penalty mode: add lambda * dC/drho_l / C_max to each rho's gradient."""
+        if self.hardened:
+            return
         for layer, cost in zip(self.layers, self.costs, strict=True):
             rho = layer.rho.detach().requires_grad_(True)
             with torch.enable_grad():
@@ -276,6 +279,8 @@ class RankController:
         the layers' gradients in proportion, so the projection then moves rank to where the
         loss falls fastest per parameter. The gradients are consumed (set to None), so the
         optimizer leaves rho alone."""
+        if self.hardened:  # rho is fixed; the gradient it no longer has is not rank's
+            return
         device = self.layers[0].rho.device
         if self.config.rank_signal != "gradient":
             grads = -self.boundary_values().to(device)
@@ -350,10 +355,25 @@ class RankController:
         for layer, grad in zip(self.layers, grads / dist.get_world_size(), strict=True):
             layer.rho.grad = grad.clone()
 
+    @property
+    def hardened(self) -> bool:
+        """Whether the ranks are fixed (by :meth:`harden`, here or in a resumed run)."""
+        return all(layer.hardened for layer in self.layers)
+
     @torch.no_grad()
     def step(self) -> None:
-        """Call once after every ``optimizer.step()``."""
+        """Call once after every ``optimizer.step()``. At ``harden_at`` of training the
+        ranks are hardened; from then on only the step count moves."""
         self.step_count += 1
+        if self.hardened:
+            self._fill([layer.steps for layer in self.layers], self.step_count)
+            return
+        if self.step_count >= self.config.harden_at * self.total_steps and (
+            self.config.harden_at < 1.0
+        ):
+            self._fill([layer.steps for layer in self.layers], self.step_count)
+            self.harden()
+            return
         # Everything here stays on the rho's device and never waits for it: on a GPU one
         # read of a device value per layer would stall every training step.
         rhos = self._device_rhos().clamp(0.0, self.config.r_max)
@@ -421,16 +441,27 @@ class RankController:
 
     @torch.no_grad()
     def rebalance(self) -> None:
-        """Re-order every layer's components by singular value; reset their Adam moments.
+        """Re-order every layer's components by singular value; reset their Adam moments
+        (or, with ``rebalance_moments='rescale'``, zero the first and even out the second).
         Fresh components come from a generator seeded with the step, so every data-parallel
         process, and a resumed run, draws the same ones."""
         self._refuse_sharded("re-balancing")
         generator = torch.Generator().manual_seed(self.step_count)
         for layer in self.layers:
             layer.rebalance(generator, exact=self.config.rebalance_exact)
-            if self.optimizer is not None:
-                for param in (layer.lora_A, layer.lora_B):
+            if self.optimizer is None:
+                continue
+            # The components' axis: B's columns, A's rows.
+            for param, axis in ((layer.lora_A, 0), (layer.lora_B, 1)):
+                state = self.optimizer.state.get(param)
+                if self.config.rebalance_moments == "reset" or not state:
                     self.optimizer.state.pop(param, None)
+                    continue
+                for key, moment in state.items():
+                    if key == "exp_avg":
+                        moment.zero_()
+                    elif key in ("exp_avg_sq", "max_exp_avg_sq"):
+                        moment.copy_(moment.mean(dim=axis, keepdim=True).expand_as(moment))
 
     # -- reading the ranks ------------------------------------------------------------------
     def soft_ranks(self) -> dict[str, float]:
@@ -477,7 +508,19 @@ class RankController:
             ranks = trim_to_budget(list(self.layers), ranks, self.target_params)
         for layer, rank in zip(self.layers, ranks, strict=True):
             layer.harden(rank)
+            self._stop_closed_components(layer, rank)
         return dict(zip(self.names, ranks, strict=True))
+
+    def _stop_closed_components(self, layer: LRLoRALinear, rank: int) -> None:
+        """Clear the optimizer's moments of the closed components (B's columns and A's rows
+        from ``rank`` on), so that training after hardening leaves them where they are."""
+        if self.optimizer is None:
+            return
+        for param, index in ((layer.lora_A, (slice(rank, None),)),
+                             (layer.lora_B, (slice(None), slice(rank, None)))):  # fmt: skip
+            for moment in self.optimizer.state.get(param, {}).values():
+                if torch.is_tensor(moment) and moment.shape == param.shape:
+                    moment[index] = 0
 
     # -- resume -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -198,7 +198,14 @@ class LRLoRALinear(nn.Module):
         rank = self.current_hard_rank() if rank is None else int(rank)
         if not 0 <= rank <= self.r_max:
             raise ValueError(f"hard rank must be in [0, {self.r_max}], got {rank}")
-        # Scale s is kept; with sqrt scaling it becomes alpha / sqrt(rank) from here on.
+        # The kept components keep their output exactly: their gate (and, with sqrt scaling,
+        # the change from alpha / sqrt(r_eff) to alpha / sqrt(rank)) is folded into B. Only
+        # the closed components' output is lost (property 7 bounds it).
+        g = self.gate()
+        soft_scale, hard_scale = self.scaling(g), self.alpha / self.ref_rank
+        if self.sqrt_scaling:
+            hard_scale = self.alpha / math.sqrt(max(rank, 1))
+        self.lora_B[:, :rank] *= (g[:rank] * (soft_scale / hard_scale)).to(self.lora_B.dtype)
         self.lora_B[:, rank:] = 0
         self.hard_rank.fill_(rank)
         self._hard_rank = rank

@@ -6,10 +6,10 @@ from .layer import LRLoRALinear
 
 
 def trim_to_budget(layers: list[LRLoRALinear], ranks: list[int], budget: float) -> list[int]:
-    """Drop the weakest top components (by ||b_i|| ||a_i|| per parameter) until the
-    hard adapter fits in ``budget`` parameters."""
+    """Drop the weakest top components (by their output's size ||b_i|| ||a_i|| g_i per
+    parameter) until the hard adapter fits in ``budget`` parameters."""
     ranks = list(ranks)
-    strengths = [layer.lora_B.norm(dim=0) * layer.lora_A.norm(dim=1) for layer in layers]
+    strengths = [layer.component_strength().detach() for layer in layers]
 
     def size() -> int:
         return sum(r * layer.cost_per_rank for r, layer in zip(ranks, layers, strict=True))

@@ -157,8 +157,14 @@ class RankController:
     # -- schedules ------------------------------------------------------------------------
     @property
     def tau(self) -> float:
+        """The gate temperature: from tau_start to tau_end over the steps before hardening."""
         c = self.config
-        return temperature(self.step_count, self.total_steps, c.tau_start, c.tau_end, c.tau_shape)
+        return temperature(self.step_count, self.soft_steps, c.tau_start, c.tau_end, c.tau_shape)
+
+    @property
+    def soft_steps(self) -> int:
+        """The steps before the controller hardens the ranks (all of them if harden_at=1)."""
+        return max(1, round(self.config.harden_at * self.total_steps))
 
     @property
     def allowance(self) -> float:
@@ -214,8 +220,8 @@ class RankController:
         if any(is_sharded(layer.lora_A) for layer in self.layers):
             raise NotImplementedError(
                 f"{what} needs the full adapter factors, which FSDP2 shards: under FSDP2 train "
-                "with rebalance_every=0, then gather the model's full state dict and harden an "
-                "unsharded copy (docs/SCALING.md)."
+                "with rebalance_every=0 and harden_at=1.0, then gather the model's full state "
+                "dict and harden an unsharded copy (docs/SCALING.md)."
             )
 
     def _soft_ranks(self, rhos: torch.Tensor, tau: float) -> torch.Tensor:
@@ -368,9 +374,7 @@ class RankController:
         if self.hardened:
             self._fill([layer.steps for layer in self.layers], self.step_count)
             return
-        if self.step_count >= self.config.harden_at * self.total_steps and (
-            self.config.harden_at < 1.0
-        ):
+        if self.config.harden_at < 1.0 and self.step_count >= self.soft_steps:
             self._fill([layer.steps for layer in self.layers], self.step_count)
             self.harden()
             return
@@ -493,6 +497,18 @@ class RankController:
         }
 
     # -- the end ----------------------------------------------------------------------------
+    HARDEN_CANDIDATE = 0.01
+    """A component whose gate is above this (and whose output is not 0) is a candidate to
+    keep at hardening."""
+
+    def _candidates(self, layer: LRLoRALinear) -> int:
+        """How many of the layer's leading components are candidates to keep."""
+        strength = layer.component_strength().detach()
+        rank = int((layer.gate() > self.HARDEN_CANDIDATE).sum())
+        while rank > 0 and float(strength[rank - 1]) == 0.0:
+            rank -= 1
+        return rank
+
     @torch.no_grad()
     def harden(self) -> dict[str, int]:
         """Fix every layer's rank to its open gates, trimmed to the budget; returns ranks."""
@@ -504,7 +520,12 @@ class RankController:
                 "lrlora.hf.LRLoRACallback to the Trainer) before hardening or exporting."
             )
         ranks = [layer.current_hard_rank() for layer in self.layers]
-        if self.config.rank_mode == "budget":
+        if self.config.rank_mode == "budget" and not self.hardened:
+            # Every component with some output is a candidate, and the budget drops the ones
+            # with the least output per parameter: rounding each layer alone (gate > 0.5)
+            # threw away half-open components that held half the fit, while closing others
+            # that held less.
+            ranks = [self._candidates(layer) for layer in self.layers]
             ranks = trim_to_budget(list(self.layers), ranks, self.target_params)
         for layer, rank in zip(self.layers, ranks, strict=True):
             layer.harden(rank)

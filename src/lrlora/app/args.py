@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import LRLoRAConfig, RankSignal, RankUpdate, ScalingRule
+from ..config import LRLoRAConfig, RankSignal, RankUpdate, RebalanceMoments, ScalingRule
 from ..util import field_help
 from .baselines import ADALORA_ORTH_REG_WEIGHT, SCALING
 from .models import MINILM_PACKAGE
@@ -111,11 +111,14 @@ class TrainArgs:
     init_rank: float | None = _from_lrlora("init_rank")
     rebalance_every: int = _from_lrlora("rebalance_every")
     rebalance_exact: bool = _from_lrlora("rebalance_exact")
+    rebalance_moments: RebalanceMoments = _from_lrlora("rebalance_moments")
     fill_budget: bool = _from_lrlora("fill_budget")
     scaling: ScalingRule = _from_lrlora("scaling")
     tau_start: float = _from_lrlora("tau_start")
     tau_end: float = _from_lrlora("tau_end")
+    warmup_frac: float = _from_lrlora("warmup_frac")
     decay_end_frac: float = _from_lrlora("decay_end_frac")
+    harden_at: float = _from_lrlora("harden_at")
     adalora_orth_reg_weight: float = field_help(
         "AdaLoRA: weight of its orthogonality penalty on P and Q (peft's default 0.5 stops it "
         "learning in short runs; see docs/BASELINES.md).",

@@ -97,6 +97,22 @@ def test_missing_data_file_is_reported_without_traceback(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def one_error_line(err: str) -> str:
+    """The one ``lrlora: error:`` line of a failed command (after any progress output)."""
+    (line,) = [line for line in err.splitlines() if "error" in line.lower()]
+    assert line.startswith("lrlora: error: ") and "Traceback" not in err
+    return line
+
+
+def test_a_data_file_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys):
+    train_tsv = tmp_path / "glue" / "sst2" / "train.tsv"
+    train_tsv.parent.mkdir(parents=True)
+    train_tsv.write_bytes(b"label\ttext_a\n1\tgood\n0\t\xff\n")
+    assert main(["train", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "r")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{train_tsv}:3: is not utf-8 text" in line and not (tmp_path / "r").exists()
+
+
 def test_unknown_target_modules_are_reported(tiny_bert_dir, tmp_path, capsys):
     argv = ["train", "--model", tiny_bert_dir, "--target-modules", "q_proj",
             "--output-dir", str(tmp_path / "run")]  # fmt: skip

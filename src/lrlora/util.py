@@ -1,5 +1,6 @@
 """Small helpers every floor shares: dataclass fields that carry their help text, the
-versions of the packages a result depends on, and atomic writes (write beside, then rename).
+versions of the packages a result depends on, atomic writes (write beside, then rename), and
+reading a file lrlora wrote or was given, with :class:`BadFileError` naming what is wrong.
 """
 
 from __future__ import annotations
@@ -18,6 +19,35 @@ from typing import IO, Any
 
 PACKAGES = ("lrlora", "torch", "transformers", "peft")
 """The packages whose versions a run or result records."""
+EXCERPT_CHARS = 80
+"""The most characters of a bad value an error message quotes."""
+
+
+class BadFileError(ValueError):
+    """A file is missing, unreadable, or does not hold what it should.
+
+    The message reads ``<path>[:<line>]: <problem>[; <todo>]``: the file, what is wrong with
+    it and what to do. ``path``, ``line``, ``problem`` and ``todo`` are kept as attributes.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        problem: str,
+        *,
+        line: int | None = None,
+        todo: str | None = None,
+    ) -> None:
+        self.path, self.line, self.problem, self.todo = Path(path), line, problem, todo
+        where = str(self.path) if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {problem}" + (f"; {todo}" if todo else ""))
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters with "..." when longer: what an error
+    message quotes of a bad value (a line of a data file may be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # -- dataclass fields -----------------------------------------------------------------------
@@ -46,6 +76,50 @@ def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
         except PackageNotFoundError:
             found[package] = None
     return found
+
+
+# -- reading ---------------------------------------------------------------------------------
+def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """The text of ``path``; :class:`BadFileError` naming the file, and the line of the first
+    byte that is not ``encoding``, if it cannot be read or decoded."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise BadFileError(path, f"cannot be read ({err.strerror or err})") from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise BadFileError(
+            path,
+            f"is not {encoding} text (byte {data[err.start]:#04x} at column {column})",
+            line=line,
+            todo=f"save it as {encoding}",
+        ) from None
+
+
+def read_json(path: str | os.PathLike, todo: str | None = None) -> Any:
+    """The JSON value in ``path``; :class:`BadFileError` naming the file (and the line of a
+    syntax error), with ``todo`` as what to do, if it is missing, unreadable or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadFileError(path, "is missing", todo=todo)
+    try:
+        text = read_text(path)
+    except BadFileError as err:
+        raise BadFileError(path, err.problem, line=err.line, todo=todo) from None
+    if not text.strip():
+        raise BadFileError(path, "is empty", todo=todo)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        problem = f"is not valid JSON ({err.msg})"
+        raise BadFileError(path, problem, line=err.lineno, todo=todo) from None
+    except (ValueError, RecursionError) as err:  # an integer too long, nesting too deep
+        problem = f"is not valid JSON ({excerpt(str(err))})"
+        raise BadFileError(path, problem, todo=todo) from None
 
 
 # -- atomic writes --------------------------------------------------------------------------

@@ -21,14 +21,13 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from ..util import staging_dir, versions
+from ..util import BadFileError, staging_dir, versions
 from . import checkpoint, runs
 from .args import METHODS, TrainArgs, make_task
 from .baselines import lora_budget_params
 from .methods import Method, attach
 from .models import TargetError, count_params, default_targets
 from .runs import RunExistsError
-from .tasks import DataError
 from .tasks.base import Loaded, ModelLoadError, Task
 from .trainer import NonFiniteLossError, RankTrajectory, RunTrainer
 
@@ -44,7 +43,7 @@ class LaunchError(RuntimeError):
 
 
 USER_ERRORS = (
-    DataError,
+    BadFileError,
     RunExistsError,
     NonFiniteLossError,
     ModelLoadError,

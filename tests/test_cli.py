@@ -7,6 +7,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,14 @@ def test_bad_argument_values_exit_2(capsys):
         (["--init-rank", "20"], "init_rank must be in (0, r_max=8]"),
         (["--rank-lr", "-1"], "rank_lr must be positive"),
         (["--dropout", "1.5"], "dropout must be in [0, 1)"),
+        (["--dropout", "1.0"], "dropout must be in [0, 1)"),
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--lr", "inf"], "--lr must be a finite number, got inf"),
+        (["--lr=-1e-3"], "--lr must be positive, got -0.001"),
+        (["--rank-lr", "nan"], "--rank-lr must be a finite number, got nan"),
+        (["--max-steps", "0"], "--max-steps must be at least 1, got 0"),
+        (["--epochs", "0"], "--epochs must be positive, got 0.0"),
+        (["--epochs", "nan"], "--epochs must be a finite number"),
         (["--decay-end-frac", "1.5"], "decay_end_frac"),
     ],
 )
@@ -111,6 +120,24 @@ def test_a_data_file_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys):
     assert main(["train", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "r")]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"{train_tsv}:3: is not utf-8 text" in line and not (tmp_path / "r").exists()
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("task", ["sst2", "commonsense"])
+def test_a_model_directory_that_is_not_a_model_is_one_line(task, tmp_path, capsys):
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "not-a-model" / "notes.txt").write_text("mine")
+    before = files_under(tmp_path)
+    argv = ["train", "--task", task, "--model", str(tmp_path / "not-a-model"),
+            "--output-dir", str(tmp_path / "run"), "--train-limit", "8"]  # fmt: skip
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "not-a-model holds no config.json" in line and "save_pretrained" in line
+    assert files_under(tmp_path) == before and not (tmp_path / "run").exists()
 
 
 def test_unknown_target_modules_are_reported(tiny_bert_dir, tmp_path, capsys):

@@ -74,7 +74,9 @@ def dataclass_from_namespace(cls: type, namespace: argparse.Namespace) -> Any:
 
 
 def _error(message: str) -> int:
-    print(f"lrlora: error: {message}", file=sys.stderr)
+    """Print ``message`` as one line (a library's message may span several) and return the
+    usage exit status."""
+    print(f"lrlora: error: {' '.join(message.split())}", file=sys.stderr)
     return EXIT_USAGE
 
 

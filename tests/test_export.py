@@ -61,6 +61,13 @@ def test_save_load_gives_same_outputs_and_refuses_overwrite(tmp_path, tokens):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         lrlora.save(model, tmp_path / "adapter")
     lrlora.save(model, tmp_path / "adapter", overwrite=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="never replaced, even with overwrite=True"):
+        lrlora.save(model, tmp_path / "mine", overwrite=True)
+    with pytest.raises(FileExistsError, match="never replaced, even with overwrite=True"):
+        lrlora.export_peft(model, tmp_path / "adapter", overwrite=True)  # not a PEFT adapter
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
 
 
 def test_save_directory_holds_no_pickles(tmp_path):

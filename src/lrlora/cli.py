@@ -107,10 +107,11 @@ def _add_report(parser: argparse.ArgumentParser) -> None:
 
 def _run_report(namespace: argparse.Namespace) -> int:
     from .app.runs import report
+    from .util import BadFileError
 
     try:
         print(report(namespace.run_dir))
-    except FileNotFoundError as err:
+    except (FileNotFoundError, BadFileError) as err:
         return _error(str(err))
     return 0
 

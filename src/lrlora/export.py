@@ -30,8 +30,21 @@ from .util import publish_dir, staging_dir, write_json_atomic
 FORMAT_VERSION = 1
 
 
-def _refuse_overwrite(path: Path, overwrite: bool) -> None:
-    if path.exists() and any(path.iterdir()) and not overwrite:
+def _refuse_overwrite(path: Path, overwrite: bool, marker: str) -> None:
+    """Refuse to replace a non-empty ``path`` unless ``overwrite``, and even then unless it
+    holds ``marker``: the directory is replaced as a whole, so it must be one this module
+    wrote (an adapter directory), never the working directory or someone's folder."""
+    here = Path.cwd().resolve()
+    if path.resolve() in (here, *here.parents):
+        raise FileExistsError(f"{path} is the working directory or holds it: choose a new one.")
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if not (path / marker).is_file():
+        raise FileExistsError(
+            f"{path} holds other files than an adapter ({marker} is not there): it is never "
+            "replaced, even with overwrite=True; choose a directory of its own."
+        )
+    if not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
 
 
@@ -62,7 +75,7 @@ def save(
 ) -> Path:
     """Save the adapter (and, for resuming, the controller and optimizer) atomically."""
     final = Path(path)
-    _refuse_overwrite(final, overwrite)
+    _refuse_overwrite(final, overwrite, "lrlora_config.json")
     tmp = staging_dir(final)
     try:
         meta = {
@@ -204,7 +217,7 @@ def export_peft(
     layers = _require_hardened(model)
     config = config_of(model)
     final = Path(path)
-    _refuse_overwrite(final, overwrite)
+    _refuse_overwrite(final, overwrite, "adapter_config.json")
     tensors, ranks = {}, {}
     for name, layer in layers:
         rank = int(layer.hard_rank)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -120,6 +121,70 @@ def read_json(path: str | os.PathLike, todo: str | None = None) -> Any:
     except (ValueError, RecursionError) as err:  # an integer too long, nesting too deep
         problem = f"is not valid JSON ({excerpt(str(err))})"
         raise BadFileError(path, problem, todo=todo) from None
+
+
+_KINDS = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false",
+          None: "null", dict: "an object", list: "a list"}  # fmt: skip
+
+
+def _kind(shape: Any) -> str:
+    if isinstance(shape, tuple):
+        return " or ".join(_kind(s) for s in shape)
+    if isinstance(shape, (list, dict)):
+        return _KINDS[type(shape)]
+    return _KINDS.get(shape, shape.__name__)
+
+
+def _fits(value: Any, shape: Any) -> bool:
+    """Whether ``value`` is of the kind ``shape`` names (not its contents)."""
+    if isinstance(shape, tuple):
+        return any(_fits(value, s) for s in shape)
+    if shape is None:
+        return value is None
+    if shape is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if shape is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return number and math.isfinite(value)
+    if isinstance(shape, (list, dict)):
+        return isinstance(value, type(shape))
+    return isinstance(value, shape)
+
+
+def _mismatch(value: Any, shape: Any, where: str) -> str | None:
+    """Where ``value`` first departs from ``shape``, or None (see :func:`check_shape`)."""
+    options = shape if isinstance(shape, tuple) else (shape,)
+    fitting = [s for s in options if _fits(value, s)]
+    if not fitting:
+        return f"{where or 'the top level'} is {excerpt(value, 40)}, not {_kind(shape)}"
+    inner = fitting[0]
+    if isinstance(inner, list) and inner:
+        found = (_mismatch(item, inner[0], f"{where}[{i}]") for i, item in enumerate(value))
+        return next((m for m in found if m), None)
+    if isinstance(inner, dict):
+        if str in inner:  # any keys, every value of one shape
+            items = [(k, inner[str]) for k in value]
+        else:
+            missing = [k for k in inner if not k.endswith("?") and k not in value]
+            if missing:
+                return f"{where or 'the top level'} has no {missing[0]!r}"
+            items = [(k.removesuffix("?"), s) for k, s in inner.items()]
+            items = [(k, s) for k, s in items if k in value]
+        found = (_mismatch(value[k], s, f"{where}[{k!r}]") for k, s in items)
+        return next((m for m in found if m), None)
+    return None
+
+
+def check_shape(path: str | os.PathLike, value: Any, shape: Any, todo: str | None = None) -> None:
+    """Raise :class:`BadFileError` naming ``path`` and the first place where ``value`` (read
+    from it) departs from ``shape``. A shape is a type (``int``; ``float`` takes any finite
+    number; ``dict`` and ``list`` any object or list), None, a tuple of shapes (any of them), a
+    list ``[item shape]`` or a dict ``{key: shape}`` of required keys (``"key?"``: checked
+    where present; other keys may be present); ``{str: shape}`` takes any keys with values
+    of that shape."""
+    found = _mismatch(value, shape, "")
+    if found:
+        raise BadFileError(path, found, todo=todo)
 
 
 # -- atomic writes --------------------------------------------------------------------------

@@ -182,9 +182,14 @@ def check_shape(path: str | os.PathLike, value: Any, shape: Any, todo: str | Non
     list ``[item shape]`` or a dict ``{key: shape}`` of required keys (``"key?"``: checked
     where present; other keys may be present); ``{str: shape}`` takes any keys with values
     of that shape."""
-    found = _mismatch(value, shape, "")
+    found = shape_mismatch(value, shape)
     if found:
         raise BadFileError(path, found, todo=todo)
+
+
+def shape_mismatch(value: Any, shape: Any) -> str | None:
+    """Where ``value`` first departs from ``shape`` (see :func:`check_shape`), or None."""
+    return _mismatch(value, shape, "")
 
 
 # -- atomic writes --------------------------------------------------------------------------

@@ -126,30 +126,38 @@ def _more(names: list[str]) -> str:
     return f"{names[0]} (and {len(names) - 1} more)" if len(names) > 1 else names[0]
 
 
+def check_tensors(
+    tensors: dict[str, torch.Tensor], expected: dict, file: Path, todo: str = SAVED_TODO
+) -> None:
+    """``tensors`` (read from ``file``) are exactly the ``expected`` ones (name -> tensor):
+    the same names, shapes and kind (floating or integer), and finite."""
+    unknown, missing = sorted(set(tensors) - set(expected)), sorted(set(expected) - set(tensors))
+    if unknown:
+        problem = f"holds {_more(unknown)}, which this model has no place for"
+        raise BadFileError(file, problem, todo=todo)
+    if missing:
+        raise BadFileError(file, f"holds no {_more(missing)}, which this model has", todo=todo)
+    for key, want in expected.items():
+        got = tensors[key]
+        if got.shape != want.shape:
+            shapes = f"{tuple(got.shape)}, where this model needs {tuple(want.shape)}"
+            problem = f"holds {key} of shape {shapes}"
+            raise BadFileError(file, problem, todo=todo)
+        if got.dtype.is_floating_point != want.dtype.is_floating_point:
+            problem = f"holds {key} as {got.dtype}, where this model needs {want.dtype}"
+            raise BadFileError(file, problem, todo=todo)
+        if got.dtype.is_floating_point and not torch.isfinite(got).all():
+            raise BadFileError(file, f"holds {key} with NaN or infinite values", todo=todo)
+
+
 def check_adapter(
     model: nn.Module, tensors: dict[str, torch.Tensor], expected: dict, file: Path
 ) -> None:
-    """``tensors`` (read from the adapter file ``file``) are exactly the ``expected`` ones
-    (name -> tensor, as :func:`lrlora.export.adapter_state_dict` gives for ``model``): the
-    same names, shapes and kind (floating or integer), finite, each layer's rank, temperature
-    and step count in range, and hard ranks within the config's budget."""
-    unknown, missing = sorted(set(tensors) - set(expected)), sorted(set(expected) - set(tensors))
-    if unknown:
-        problem = f"holds {_more(unknown)}, which this model's adapter has no place for"
-        raise BadFileError(file, problem, todo=SAVED_TODO)
-    if missing:
-        problem = f"holds no {_more(missing)}, which this model's adapter has"
-        raise BadFileError(file, problem, todo=SAVED_TODO)
-    for key, want in expected.items():
-        got = tensors[key]
-        if got.shape != want.shape or got.dtype.is_floating_point != want.dtype.is_floating_point:
-            problem = (
-                f"holds {key} as {got.dtype} {tuple(got.shape)}, where this model needs "
-                f"{want.dtype} {tuple(want.shape)}"
-            )
-            raise BadFileError(file, problem, todo=SAVED_TODO)
-        if got.dtype.is_floating_point and not torch.isfinite(got).all():
-            raise BadFileError(file, f"holds {key} with NaN or infinite values", todo=SAVED_TODO)
+    """``tensors`` (read from the adapter file ``file``) are the ``expected`` ones (as
+    :func:`lrlora.export.adapter_state_dict` gives for ``model``; :func:`check_tensors`),
+    each layer's rank, temperature and step count are in range, and the hard ranks fit in
+    the config's budget."""
+    check_tensors(tensors, expected, file)
     _check_layer_values(model, tensors, file)
 
 
@@ -184,7 +192,7 @@ OPTIMIZER_SHAPE = {"param_groups": [{"params": [int]}],
 """What ``optimizer.json`` holds."""
 
 
-def _same_kind(saved: Any, ours: Any) -> bool:
+def same_kind(saved: Any, ours: Any) -> bool:
     """Whether a saved hyperparameter can stand where the optimizer has ``ours``."""
     if isinstance(ours, bool) or ours is None or isinstance(ours, str):
         return type(saved) is type(ours)
@@ -192,11 +200,17 @@ def _same_kind(saved: Any, ours: Any) -> bool:
         return (
             isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved)
         )
+    if isinstance(ours, dict):
+        return (
+            isinstance(saved, dict)
+            and set(saved) == set(ours)
+            and all(same_kind(saved[k], ours[k]) for k in ours)
+        )
     if isinstance(ours, (list, tuple)):
         return (
             isinstance(saved, list)
             and len(saved) == len(ours)
-            and all(_same_kind(s, o) for s, o in zip(saved, ours, strict=True))
+            and all(same_kind(s, o) for s, o in zip(saved, ours, strict=True))
         )
     return False
 
@@ -214,7 +228,7 @@ def optimizer_state(
         raise BadFileError(json_file, problem, todo=SAVED_TODO)
     for saved, ours in zip(groups, optimizer.param_groups, strict=True):
         for key, value in saved.items():
-            if key != "params" and key in ours and not _same_kind(value, ours[key]):
+            if key != "params" and key in ours and not same_kind(value, ours[key]):
                 problem = f"holds {key}={excerpt(value, 40)}, not a value like {ours[key]!r}"
                 raise BadFileError(json_file, problem, todo=SAVED_TODO)
     state: dict[int, dict] = {}

@@ -132,7 +132,7 @@ def _kind(shape: Any) -> str:
         return " or ".join(_kind(s) for s in shape)
     if isinstance(shape, (list, dict)):
         return _KINDS[type(shape)]
-    return _KINDS.get(shape, shape.__name__)
+    return _KINDS.get(shape) or shape.__name__
 
 
 def _fits(value: Any, shape: Any) -> bool:

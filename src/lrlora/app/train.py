@@ -203,7 +203,7 @@ def resume_point(args: TrainArgs, world_size: int) -> Path | None:
     found = checkpoint.latest(args.checkpoint_dir) if args.resume else None
     if found is None:
         return None
-    saved, ours = checkpoint.read_json(found / "run.json"), args.to_dict()
+    saved, ours = checkpoint.read_run(found), args.to_dict()
     changed = [
         f"--{k.replace('_', '-')} {saved['args'].get(k)!r} (now {ours[k]!r})"
         for k in ours
@@ -322,6 +322,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
     finished = False
     try:
         resume_from = resume_point(args, trainer.args.world_size)
+        if resume_from is not None:
+            checkpoint.verify(resume_from, trainer.args.world_size, setup.total_steps)
         if main and resume_from is not None:
             print(f"resuming from {resume_from}")
         result = fit_and_evaluate(args, setup, trainer, resume_from)
@@ -331,6 +333,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
             publish_run(args, setup, result, metrics)
         finished = True
     finally:
+        if not finished:
+            trainer.close_progress_bars()
         if main:
             tidy_checkpoints(args, finished)
     trainer.accelerator.wait_for_everyone()  # the run directory exists when train() returns

@@ -153,6 +153,7 @@ def _add_bench_speed(parser: argparse.ArgumentParser) -> None:
 def _run_bench_speed(namespace: argparse.Namespace) -> int:
     from .bench.speed import SpeedArgs
     from .bench.speed_md import run_speed_bench
+    from .util import BadFileError
 
     try:
         args = dataclass_from_namespace(SpeedArgs, namespace)
@@ -160,7 +161,7 @@ def _run_bench_speed(namespace: argparse.Namespace) -> int:
         return _error(str(err))
     try:
         record = run_speed_bench(args)
-    except FileNotFoundError as err:  # --report-only before any run
+    except (FileNotFoundError, BadFileError) as err:  # --report-only: no record, or a bad one
         return _error(str(err))
     for target in record["targets"]:
         print(f"{'met' if target['met'] else 'MISSED'}: {target['target']}: {target['detail']}")

@@ -1,7 +1,9 @@
 import json
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,6 +180,17 @@ def test_save_directory_holds_no_pickles(tmp_path):
         "optimizer.json",
         "optimizer.safetensors",
     ]
+
+
+def test_no_module_unpickles():
+    """lrlora reads safetensors and JSON only: no module calls pickle, torch.load or
+    numpy.load (the Trainer's own loaders are overridden in lrlora.app.trainer)."""
+    source = Path(lrlora.__file__).parent
+    calls = re.compile(r"import (pickle|joblib)|\bpickle\.|\b(torch|np|numpy)\.load\(")
+    found = [f"{p.relative_to(source)}:{n}" for p in sorted(source.rglob("*.py"))
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if calls.search(line)]  # fmt: skip
+    assert found == []
 
 
 def test_export_requires_a_stepped_controller(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -121,6 +122,8 @@ DAMAGE = {
                        "is not valid JSON"),
     "rng missing": ("rng-0.safetensors", Path.unlink, "is missing"),
     "rng short": ("rng-0.safetensors", _shorten_torch_rng, "does not hold torch's RNG state"),
+    "a pickle beside": ("scaler.pt", lambda p: p.write_bytes(pickle.dumps({"scale": 1.0})),
+                        "is not a file lrlora writes in a checkpoint (nothing pickled"),
 }  # fmt: skip
 
 

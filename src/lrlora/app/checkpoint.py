@@ -190,11 +190,30 @@ def _check_trainer_state(path: Path, total_steps: int) -> None:
         raise damaged(BadFileError(file, problem))
 
 
+FILES = ("run.json", "trainer_state.json", "scheduler.json", "trajectory.json", "optimizer.json",
+         "optimizer.safetensors", "model")  # fmt: skip
+MODEL_FILES = ("lrlora_config.json", "adapter.safetensors", "controller.json",
+               "trainable.safetensors")  # fmt: skip
+"""What a checkpoint holds (besides ``rng-<process>.safetensors``): anything else, a pickle
+above all, is refused rather than left for a loader to find."""
+
+
+def _check_names(path: Path, world_size: int) -> None:
+    ours = {*FILES, *(f"rng-{i}.safetensors" for i in range(world_size))}
+    model = path / "model"
+    found = [p for p in path.iterdir() if p.name not in ours]
+    found += [p for p in model.iterdir() if p.name not in MODEL_FILES] if model.is_dir() else []
+    if found:
+        problem = "is not a file lrlora writes in a checkpoint (nothing pickled is ever loaded)"
+        raise damaged(BadFileError(sorted(found)[0], problem))
+
+
 def verify(path: Path, world_size: int, total_steps: int) -> None:
     """Check every file of the checkpoint ``path`` that can be checked before the model and
-    optimizer load theirs: each JSON file's shape, the Trainer's step, the header of every
-    safetensors file (a truncated or empty one), the model directory and one RNG state per
-    process. Raises :class:`CheckpointError`."""
+    optimizer load theirs: no file lrlora does not write, each JSON file's shape, the
+    Trainer's step, the header of every safetensors file (a truncated or empty one), the
+    model directory and one RNG state per process. Raises :class:`CheckpointError`."""
+    _check_names(path, world_size)
     read_checked(path / "run.json", RUN_SHAPE)
     _check_trainer_state(path, total_steps)
     read_checked(path / "scheduler.json", {"base_lrs": [float], "last_epoch": int})

@@ -183,6 +183,10 @@ class RunTrainer(Trainer):
                 group["initial_lr"] *= factor
             self.lr_scheduler.base_lrs[index] *= factor
 
+    def _load_scaler(self, resume_from_checkpoint: str | None) -> None:
+        """Nothing: lrlora train uses no gradient scaler, and a checkpoint's ``scaler.pt``
+        (a pickle) is refused by :func:`checkpoint.verify`, never loaded."""
+
     def _load_rng_state(self, resume_from_checkpoint: str | None) -> None:
         if resume_from_checkpoint is not None:
             name = f"rng-{self.args.process_index}.safetensors"

@@ -23,7 +23,7 @@ from torch import nn
 from .budget import config_budget
 from .config import LRLoRAConfig
 from .inject import config_of, lora_layers, matches, reference_rank, resolve_targets
-from .util import BadFileError, excerpt
+from .util import BadFileError, excerpt, shorten
 
 SAVED_TODO = (
     "it is not what lrlora.save wrote for this model: load it into the base model it was "
@@ -33,7 +33,7 @@ SAVED_TODO = (
 
 # -- safetensors --------------------------------------------------------------------------------
 def _unreadable(path: Path, err: Exception, todo: str) -> BadFileError:
-    problem = f"is not a complete safetensors file ({excerpt(str(err), 120)})"
+    problem = f"is not a complete safetensors file ({shorten(str(err), 120)})"
     return BadFileError(path, problem, todo=todo)
 
 

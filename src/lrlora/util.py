@@ -47,7 +47,11 @@ class BadFileError(ValueError):
 def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
     """``repr(value)``, cut to ``limit`` characters with "..." when longer: what an error
     message quotes of a bad value (a line of a data file may be megabytes long)."""
-    text = repr(value)
+    return shorten(repr(value), limit)
+
+
+def shorten(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters with "..." when longer."""
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -119,7 +123,7 @@ def read_json(path: str | os.PathLike, todo: str | None = None) -> Any:
         problem = f"is not valid JSON ({err.msg})"
         raise BadFileError(path, problem, line=err.lineno, todo=todo) from None
     except (ValueError, RecursionError) as err:  # an integer too long, nesting too deep
-        problem = f"is not valid JSON ({excerpt(str(err))})"
+        problem = f"is not valid JSON ({shorten(str(err))})"
         raise BadFileError(path, problem, todo=todo) from None
 
 

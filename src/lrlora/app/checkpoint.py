@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from transformers import TrainerState
 
 from ..files import OPTIMIZER_SHAPE, same_kind, tensor_shapes
-from ..util import BadFileError, check_shape, excerpt, read_json
+from ..util import BadFileError, check_shape, excerpt, read_json, shorten
 from .runs import SHAPES
 
 PREFIX = "step-"
@@ -270,7 +270,7 @@ def load_rng_state(path: Path) -> None:
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - not a dict
     except (OSError, SafetensorError) as err:
-        problem = f"is not a complete safetensors file ({excerpt(str(err), 120)})"
+        problem = f"is not a complete safetensors file ({shorten(str(err), 120)})"
         raise damaged(BadFileError(path, problem)) from None
     python, numpy_state = _rng_states(tensors, metadata)
     if python is None:

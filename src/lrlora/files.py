@@ -188,7 +188,7 @@ def _check_layer_values(model: nn.Module, tensors: dict[str, torch.Tensor], file
 
 # -- an optimizer -------------------------------------------------------------------------------
 OPTIMIZER_SHAPE = {"param_groups": [{"params": [int]}],
-                   "scalars": {str: (float, bool, str, None)}}  # fmt: skip
+                   "scalars": {str: (float, bool, None)}}  # fmt: skip
 """What ``optimizer.json`` holds."""
 
 

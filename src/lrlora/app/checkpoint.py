@@ -160,15 +160,16 @@ def read_run(path: Path) -> dict[str, Any]:
     return run
 
 
-_ANY = (float, int, str, bool, None)
+_ANY = (float, str, bool, None)
 TRAINER_STATE_SHAPE = {
     "global_step": int, "max_steps": int, "epoch": float, "total_flos": float,
-    "log_history": [{str: _ANY}], "best_model_checkpoint?": None,
-    "stateful_callbacks?": (dict, None), "trial_params?": None,
-    **{f"{name}?": _ANY for name in ("logging_steps", "eval_steps", "save_steps",
-        "train_batch_size", "num_train_epochs", "num_input_tokens_seen", "best_metric",
-        "best_global_step", "is_local_process_zero", "is_world_process_zero",
-        "is_hyper_param_search", "trial_name")},
+    "log_history": [{str: _ANY}], "best_model_checkpoint?": None, "trial_params?": None,
+    "stateful_callbacks?": (dict, None), "train_batch_size?": (int, None),
+    "best_metric?": (float, None), "best_global_step?": (int, None), "trial_name?": (str, None),
+    "num_input_tokens_seen?": int,
+    **dict.fromkeys(("logging_steps?", "eval_steps?", "save_steps?", "num_train_epochs?"), float),
+    **dict.fromkeys(("is_local_process_zero?", "is_world_process_zero?",
+                     "is_hyper_param_search?"), bool),
 }  # fmt: skip
 """What the Trainer's ``trainer_state.json`` may hold (no path: nothing read chooses one)."""
 TRAJECTORY_SHAPE = SHAPES["ranks.json"]["trajectory"]

@@ -93,6 +93,48 @@ def test_state_dict_round_trip_restores_schedule():
         lrlora.RankController(model, None, total_steps=7).load_state_dict(state)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"step_count": -3}, r"step_count is -3, outside \[0, 6\]"),
+        ({"step_count": "6"}, r"\['step_count'\] is '6', not an integer"),
+        ({"target_params": 1e12}, "target_params is 1000000000000.0, but the budget of this"),
+        ({"initial_params": float("nan")}, r"\['initial_params'\] is nan, not a finite number"),
+        ({"initial_params": 1e12}, r"initial_params is 1000000000000.0, outside \[0, 3584\]"),
+        ({"rank_moments": {"t": 6, "m": [0.0], "v": 1.0}}, "rank_moments hold 1 layers, this"),
+        ({"rank_moments": {"t": 6, "m": [0.0] * 12, "v": -1.0}}, "rank_moments.v is -1.0"),
+        ({"total_steps": 60}, "resume with the same total_steps"),
+    ],
+)
+def test_a_tampered_controller_json_is_refused_naming_it(tmp_path, change, message):
+    model = lrlora.inject(tiny_bert(), bert_config())
+    controller = _train(model, steps=6)
+    lrlora.save(model, tmp_path / "ckpt", controller=controller)
+    file = tmp_path / "ckpt" / "controller.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), **change}))
+    fresh = lrlora.RankController(model, None, total_steps=6)
+    with pytest.raises(lrlora.BadFileError, match=message) as caught:
+        lrlora.resume(tmp_path / "ckpt", model, controller=fresh)
+    assert caught.value.path == file and fresh.step_count == 0  # nothing was loaded
+
+
+def test_hardening_keeps_the_config_budget_whatever_state_was_loaded():
+    """The budget is computed from the config, never read from state: with every gate open
+    and the schedule's state pushed up, the hardened adapter still fits."""
+    model = lrlora.inject(tiny_bert(), bert_config(init_rank=4))
+    controller = _train(model, steps=4)
+    budget = sum(2 * layer.cost_per_rank for _, layer in lrlora.lora_layers(model))
+    assert controller.target_params == budget
+    with pytest.raises(AttributeError):
+        controller.target_params = 1e12
+    controller.initial_params = controller.max_params
+    with torch.no_grad():
+        for _, layer in lrlora.lora_layers(model):
+            layer.rho.fill_(layer.r_max)
+    controller.harden()
+    assert 0 < controller.adapter_params() <= budget
+
+
 def test_teacher_student_ranks_come_out_ordered_like_the_truth():
     rows = demo.run(true_ranks=(1, 3, 6), d=16, r_max=8, steps=250, show=False)
     ranks = [row["hard_rank"] for row in rows]

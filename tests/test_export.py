@@ -1,12 +1,15 @@
 import json
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 import lrlora
+from lrlora.util import BadFileError
 from tiny import bert_config, random_batches, tiny_bert, tiny_gpt2
 
 
@@ -61,6 +64,108 @@ def test_save_load_gives_same_outputs_and_refuses_overwrite(tmp_path, tokens):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         lrlora.save(model, tmp_path / "adapter")
     lrlora.save(model, tmp_path / "adapter", overwrite=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="never replaced, even with overwrite=True"):
+        lrlora.save(model, tmp_path / "mine", overwrite=True)
+    with pytest.raises(FileExistsError, match="never replaced, even with overwrite=True"):
+        lrlora.export_peft(model, tmp_path / "adapter", overwrite=True)  # not a PEFT adapter
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def _saved_adapter(path):
+    """A trained, hardened adapter saved at ``path``."""
+    model, optimizer, controller = _setup(bert_config(), 4)
+    _steps(model, optimizer, controller, random_batches(4))
+    controller.harden()
+    return lrlora.save(model, path)
+
+
+def _edit_json(file, **changes):
+    data = json.loads(file.read_text())
+    for key, value in changes.items():
+        target, _, leaf = key.rpartition(".")
+        (data[target] if target else data)[leaf] = value
+    file.write_text(json.dumps(data))
+
+
+def _edit_tensor(file, key, change):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(file))
+    tensors[key] = change(tensors[key])
+    save_file(tensors, str(file))
+
+
+def _wider_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2)  # fmt: skip
+    return BertForSequenceClassification(config)
+
+
+QUERY = "bert.encoder.layer.0.attention.self.query"
+
+
+@pytest.mark.parametrize(
+    ("edit", "file", "message"),
+    [
+        (None, "adapter.safetensors",
+         f"{QUERY}.lora_A of shape (4, 32), where this model with r_max=4 (lrlora_config.json) "
+         "needs (4, 48)"),
+        (lambda d: _edit_json(d / "lrlora_config.json", **{"config.r_max": 8}),
+         "adapter.safetensors", f"{QUERY}.lora_A of shape (4, 32), where this model with r_max=8"),
+        (lambda d: _edit_json(d / "lrlora_config.json", **{"config.modules_to_save": ["bert"]}),
+         "lrlora_config.json", "names bert in modules_to_save, but adapter.safetensors holds no"),
+        (lambda d: _edit_json(d / "lrlora_config.json", reference_rank=4.0),
+         "lrlora_config.json", "reference_rank is 4.0, where its config's budget gives 2.0"),
+        (lambda d: _edit_json(d / "lrlora_config.json", reference_rank="four"),
+         "lrlora_config.json", "['reference_rank'] is 'four', not a finite number"),
+        (lambda d: _edit_json(d / "lrlora_config.json", layers=[QUERY]),
+         "lrlora_config.json", "lists other adapted layers"),
+        (lambda d: _edit_json(d / "lrlora_config.json", **{"config.rank_lr": "fast"}),
+         "lrlora_config.json", "config: rank_lr must be a finite number, got 'fast'"),
+        (lambda d: _edit_tensor(d / "adapter.safetensors", f"{QUERY}.hard_rank",
+                                lambda t: t.fill_(4)),  # every layer at r_max: over budget
+         "adapter.safetensors", None),
+        (lambda d: _edit_tensor(d / "adapter.safetensors", f"{QUERY}.rho",
+                                lambda t: t.fill_(float("nan"))),
+         "adapter.safetensors", f"holds {QUERY}.rho with NaN"),
+        (lambda d: (d / "adapter.safetensors").write_bytes(
+            (d / "adapter.safetensors").read_bytes()[:-10]),
+         "adapter.safetensors", "is not a complete safetensors file"),
+    ],
+)  # fmt: skip
+def test_load_refuses_an_adapter_that_does_not_fit_naming_the_file(tmp_path, edit, file, message):
+    """Another base model, an edited r_max, modules_to_save, reference rank, layer list or
+    config value, ranks over the budget, a NaN, a truncated file: each is refused by name
+    before the model changes (no shape error from torch, no base weight made trainable)."""
+    path = _saved_adapter(tmp_path / "adapter")
+    if edit is not None:
+        edit(path)
+    fresh = _wider_bert() if edit is None else tiny_bert()
+    with pytest.raises(BadFileError) as caught:
+        lrlora.load(fresh, path)
+    assert caught.value.path == path / file and "load it into the base model" in str(caught.value)
+    assert message is None or message in str(caught.value)
+    if file == "lrlora_config.json" or edit is None:  # refused before inject changed anything
+        assert not any(True for _ in lrlora.lora_layers(fresh))
+        assert all(p.requires_grad for p in fresh.parameters())
+
+
+def test_a_loaded_adapter_never_exceeds_its_budget(tmp_path):
+    """Hard ranks edited up to r_max in the file are refused: the budget of the config holds."""
+    path = _saved_adapter(tmp_path / "adapter")
+    for name, _ in lrlora.lora_layers(lrlora.load(tiny_bert(), path)):
+        _edit_tensor(path / "adapter.safetensors", f"{name}.hard_rank", lambda t: t.fill_(4))
+    with pytest.raises(BadFileError, match="over the budget of 1792 its config gives"):
+        lrlora.load(tiny_bert(), path)
+
+
+def test_a_module_to_save_that_holds_a_target_is_refused():
+    with pytest.raises(ValueError, match="holds the target .*query: its base weights would"):
+        lrlora.inject(tiny_bert(), bert_config(modules_to_save=["bert.encoder.layer.0"]))
 
 
 def test_save_directory_holds_no_pickles(tmp_path):
@@ -75,6 +180,17 @@ def test_save_directory_holds_no_pickles(tmp_path):
         "optimizer.json",
         "optimizer.safetensors",
     ]
+
+
+def test_no_module_unpickles():
+    """lrlora reads safetensors and JSON only: no module calls pickle, torch.load or
+    numpy.load (the Trainer's own loaders are overridden in lrlora.app.trainer)."""
+    source = Path(lrlora.__file__).parent
+    calls = re.compile(r"import (pickle|joblib)|\bpickle\.|\b(torch|np|numpy)\.load\(")
+    found = [f"{p.relative_to(source)}:{n}" for p in sorted(source.rglob("*.py"))
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if calls.search(line)]  # fmt: skip
+    assert found == []
 
 
 def test_export_requires_a_stepped_controller(tmp_path):

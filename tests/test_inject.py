@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -90,11 +92,29 @@ def test_impossible_budget_params_states_feasible_range():
         ({"rank_mode": "sparse"}, "rank_mode must be"),
         ({"target_modules": []}, "target_modules is empty"),
         ({"dropout": 1.5}, "dropout must be in"),
+        ({"dropout": 1.0}, "dropout must be in"),
+        ({"rank_lr": float("nan")}, "rank_lr must be a finite number, got nan"),
+        ({"tau_end": float("inf")}, "tau_end must be a finite number, got inf"),
+        ({"budget_rank": "four"}, "budget_rank must be a finite number, got 'four'"),
+        ({"r_max": 4.0}, "r_max must be an integer"),
+        ({"fill_budget": "no"}, "fill_budget must be True or False"),
+        ({"target_modules": ["query", 3]}, "target_modules must be a list of module names"),
+        ({"modules_to_save": "classifier"}, "modules_to_save must be a list of module names"),
     ],
 )
 def test_bad_config_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
         bert_config(**overrides)
+
+
+def test_every_float_field_refuses_nan_and_inf():
+    floats = [f.name for f in dataclasses.fields(lrlora.LRLoRAConfig)
+              if "float" in str(f.type)]  # fmt: skip
+    assert {"alpha", "rank_lr", "tau_start", "penalty", "init_rank", "budget_rank"} <= set(floats)
+    for name in floats:
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+                bert_config(**{name: bad})
 
 
 def test_modules_to_save_must_exist():

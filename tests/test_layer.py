@@ -153,6 +153,23 @@ def test_harden_rejects_impossible_rank():
         _layer().harden(rank=99)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"ref_rank": "four"}, "ref_rank must be a number positive and finite, got 'four'"),
+        ({"ref_rank": 0}, "ref_rank must be a number positive"),
+        ({"alpha": float("nan")}, "alpha must be a number finite, got nan"),
+        ({"init_rank": 9}, r"init_rank must be a number in \[0, r_max=4\]"),
+        ({"r_max": 2.5}, "r_max must be a positive integer"),
+        ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
+    ],
+)
+def test_a_layer_refuses_arguments_that_are_not_numbers_in_range(overrides, message):
+    settings = dict(r_max=4, init_rank=2, alpha=8.0, ref_rank=4) | overrides
+    with pytest.raises(ValueError, match=message):
+        LRLoRALinear(nn.Linear(8, 8), **settings)
+
+
 def test_spectrum_is_the_singular_values_of_the_gated_update():
     torch.manual_seed(0)
     layer = LRLoRALinear(nn.Linear(20, 30), r_max=6, init_rank=3.3, alpha=6, ref_rank=6)

@@ -1,5 +1,6 @@
 """The README stays short and true: its two fresh-machine commands are the ones CI runs,
-its plain-loop example runs, and the averages it quotes are the generated report's."""
+its plain-loop example runs, and the averages it quotes are the generated report's; the
+tests docs/RELIABILITY.md names exist."""
 
 from __future__ import annotations
 
@@ -38,3 +39,13 @@ def test_quoted_averages_are_the_generated_ones():
     for m in re.finditer(r"^\| (lora|lr-lora|adalora|dora) \|.*\| ([\d.]+) \|$", results, re.M):
         generated.setdefault(m.group(1), float(m.group(2)))
     assert quoted == [generated[m] for m in ("lora", "lr-lora", "adalora", "dora")]
+
+
+def test_reliability_names_only_tests_that_exist():
+    text = (ROOT / "docs" / "RELIABILITY.md").read_text()
+    named = re.findall(r"`([\w/]+\.py)::(\w+)(?:\[([^\]]+)\])?`", text)
+    assert len(named) > 40
+    for file, test, case in named:
+        source = (ROOT / "tests" / file).read_text()
+        assert f"def {test}(" in source, f"{file}::{test}"
+        assert not case or f'"{case}"' in source, f"{file}::{test}[{case}]"

@@ -12,10 +12,12 @@ from .export import export_peft, load, merge, resume, save
 from .inject import disable_adapters, inject, lora_layers, optimizer_groups
 from .layer import LRLoRALinear
 from .report import format_report, rank_report
+from .util import BadFileError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BadFileError",
     "ControllerNotSteppedError",
     "LRLoRAConfig",
     "LRLoRALinear",

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from .config import LRLoRAConfig
 from .layer import LRLoRALinear
+
+
+def config_budget(config: LRLoRAConfig, costs: list[int]) -> float:
+    """The adapter size (parameters) ``config`` allows layers costing ``costs`` per rank:
+    LoRA at ``budget_rank`` on them, or ``budget_params``; without a budget (penalty mode)
+    ``r_max`` ranks each. It depends on the config and the layers only, never on saved
+    state, so no file can raise it."""
+    per_rank = sum(costs)
+    if config.budget_rank is not None:
+        rank = float(config.budget_rank)
+    elif config.budget_params is not None:
+        rank = config.budget_params / per_rank
+    else:
+        rank = float(config.r_max)
+    return rank * per_rank
 
 
 def trim_to_budget(layers: list[LRLoRALinear], ranks: list[int], budget: float) -> list[int]:

@@ -74,7 +74,9 @@ def dataclass_from_namespace(cls: type, namespace: argparse.Namespace) -> Any:
 
 
 def _error(message: str) -> int:
-    print(f"lrlora: error: {message}", file=sys.stderr)
+    """Print ``message`` as one line (a library's message may span several) and return the
+    usage exit status."""
+    print(f"lrlora: error: {' '.join(message.split())}", file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -105,10 +107,11 @@ def _add_report(parser: argparse.ArgumentParser) -> None:
 
 def _run_report(namespace: argparse.Namespace) -> int:
     from .app.runs import report
+    from .util import BadFileError
 
     try:
         print(report(namespace.run_dir))
-    except FileNotFoundError as err:
+    except (FileNotFoundError, BadFileError) as err:
         return _error(str(err))
     return 0
 
@@ -150,6 +153,7 @@ def _add_bench_speed(parser: argparse.ArgumentParser) -> None:
 def _run_bench_speed(namespace: argparse.Namespace) -> int:
     from .bench.speed import SpeedArgs
     from .bench.speed_md import run_speed_bench
+    from .util import BadFileError
 
     try:
         args = dataclass_from_namespace(SpeedArgs, namespace)
@@ -157,7 +161,7 @@ def _run_bench_speed(namespace: argparse.Namespace) -> int:
         return _error(str(err))
     try:
         record = run_speed_bench(args)
-    except FileNotFoundError as err:  # --report-only before any run
+    except (FileNotFoundError, BadFileError) as err:  # --report-only: no record, or a bad one
         return _error(str(err))
     for target in record["targets"]:
         print(f"{'met' if target['met'] else 'MISSED'}: {target['target']}: {target['detail']}")

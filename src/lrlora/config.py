@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .util import excerpt
 from .util import field_help as _help
 
 RankMode = Literal["budget", "penalty"]
@@ -19,6 +22,18 @@ TauShape = Literal["cosine", "linear", "exp"]
 RankUpdate = Literal["shared", "optimizer"]
 RebalanceMoments = Literal["reset", "rescale"]
 RankSignal = Literal["gradient", "spectrum", "sensitivity"]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
 
 
 @dataclass
@@ -121,10 +136,43 @@ class LRLoRAConfig:
     )
 
     def __post_init__(self) -> None:
+        self._check_types()
         self._check_targets()
         self._check_ranks()
         self._check_rank_update()
         self._check_schedules()
+
+    def _check_types(self) -> None:
+        """Every field holds its annotated type and every number is finite: a NaN passes
+        every range check below, and a config read from JSON may hold anything."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, allowed = getattr(self, f.name), typing.get_args(hints[f.name])
+            allowed = set(allowed or (hints[f.name],))
+            if value is None and type(None) in allowed:
+                continue
+            if bool in allowed:
+                ok, what = isinstance(value, bool), "True or False"
+            elif int in allowed and float not in allowed:
+                ok, what = _is_int(value), "an integer"
+            elif float in allowed:
+                ok, what = _is_number(value) and math.isfinite(value), "a finite number"
+            else:
+                continue
+            if not ok:
+                raise ValueError(f"{f.name} must be {what}, got {excerpt(value)}.")
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if not isinstance(value, (str, type(None))) and not _is_names(value):
+                raise ValueError(
+                    f"{name} must be a list of module names or one regular expression, got "
+                    f"{excerpt(value)}."
+                )
+        if self.modules_to_save is not None and not _is_names(self.modules_to_save):
+            raise ValueError(
+                f"modules_to_save must be a list of module names, got "
+                f"{excerpt(self.modules_to_save)}."
+            )
 
     def _check_targets(self) -> None:
         if not self.target_modules:
@@ -138,13 +186,17 @@ class LRLoRAConfig:
 
     def _check_ranks(self) -> None:
         if not isinstance(self.r_max, int) or self.r_max <= 0:
-            raise ValueError(f"r_max must be a positive integer, got {self.r_max!r}.")
+            raise ValueError(f"r_max must be a positive integer, got {excerpt(self.r_max)}.")
         if self.init_rank is not None and not 0 < self.init_rank <= self.r_max:
             raise ValueError(f"init_rank must be in (0, r_max={self.r_max}], got {self.init_rank}.")
         if self.rank_mode not in ("budget", "penalty"):
-            raise ValueError(f"rank_mode must be 'budget' or 'penalty', got {self.rank_mode!r}.")
+            raise ValueError(
+                f"rank_mode must be 'budget' or 'penalty', got {excerpt(self.rank_mode)}."
+            )
         if self.scaling not in ("budget", "max", "sqrt"):
-            raise ValueError(f"scaling must be 'budget', 'max' or 'sqrt', got {self.scaling!r}.")
+            raise ValueError(
+                f"scaling must be 'budget', 'max' or 'sqrt', got {excerpt(self.scaling)}."
+            )
         if self.rank_mode == "budget":
             if (self.budget_rank is None) == (self.budget_params is None):
                 raise ValueError(
@@ -166,12 +218,12 @@ class LRLoRAConfig:
     def _check_rank_update(self) -> None:
         if self.rank_update not in ("shared", "optimizer"):
             raise ValueError(
-                f"rank_update must be 'shared' or 'optimizer', got {self.rank_update!r}."
+                f"rank_update must be 'shared' or 'optimizer', got {excerpt(self.rank_update)}."
             )
         if self.rank_signal not in ("gradient", "spectrum", "sensitivity"):
             raise ValueError(
                 "rank_signal must be 'gradient', 'spectrum' or 'sensitivity', got "
-                f"{self.rank_signal!r}."
+                f"{excerpt(self.rank_signal)}."
             )
         if self.rank_signal != "gradient" and self.rank_update != "shared":
             raise ValueError(
@@ -190,7 +242,9 @@ class LRLoRAConfig:
                 f"tau_start={self.tau_start}, tau_end={self.tau_end}."
             )
         if self.tau_shape not in ("cosine", "linear", "exp"):
-            raise ValueError(f"tau_shape must be cosine, linear or exp, got {self.tau_shape!r}.")
+            raise ValueError(
+                f"tau_shape must be cosine, linear or exp, got {excerpt(self.tau_shape)}."
+            )
         if not 0.0 <= self.warmup_frac <= self.decay_end_frac <= 1.0:
             raise ValueError(
                 "the allowance schedule must satisfy 0 <= warmup_frac <= decay_end_frac <= 1 "
@@ -213,6 +267,8 @@ class LRLoRAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LRLoRAConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"an LRLoRAConfig is a JSON object of fields, got {excerpt(data)}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -25,6 +25,7 @@ A and B, which FSDP2 shards: under FSDP2 they refuse (harden a gathered, unshard
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -32,11 +33,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .budget import trim_to_budget
+from .budget import config_budget, trim_to_budget
 from .config import LRLoRAConfig
-from .inject import config_of, lora_layers, reference_rank_of
+from .inject import config_of, lora_layers
 from .layer import LRLoRALinear
 from .schedules import allowance, temperature
+from .util import shape_mismatch
 
 __all__ = [
     "ControllerNotSteppedError",
@@ -107,7 +109,6 @@ class RankController:
         self._on_device: dict[str, torch.Tensor] = {}
         self._last_shift = torch.zeros((), dtype=torch.float64)
         self.max_params = float(costs.sum()) * self.config.r_max
-        self.target_params = float(reference_rank_of(model) * costs.sum())
         self._set_tau(self.tau)
         self.initial_params = self._soft_cost(self._rhos(), self.tau)
         self._rank_m: torch.Tensor | None = None  # shared rank update: first moments (L,)
@@ -155,6 +156,12 @@ class RankController:
         self.close()
 
     # -- schedules ------------------------------------------------------------------------
+    @property
+    def target_params(self) -> float:
+        """The budget (adapter parameters), from the config and the layers alone: what the
+        allowance decays to and what hardening never exceeds, whatever state was loaded."""
+        return config_budget(self.config, [layer.cost_per_rank for layer in self.layers])
+
     @property
     def tau(self) -> float:
         """The gate temperature: from tau_start to tau_end over the steps before hardening."""
@@ -520,12 +527,13 @@ class RankController:
                 "lrlora.hf.LRLoRACallback to the Trainer) before hardening or exporting."
             )
         ranks = [layer.current_hard_rank() for layer in self.layers]
-        if self.config.rank_mode == "budget" and not self.hardened:
+        if self.config.rank_mode == "budget":
             # Every component with some output is a candidate, and the budget drops the ones
             # with the least output per parameter: rounding each layer alone (gate > 0.5)
             # threw away half-open components that held half the fit, while closing others
             # that held less.
-            ranks = [self._candidates(layer) for layer in self.layers]
+            if not self.hardened:
+                ranks = [self._candidates(layer) for layer in self.layers]
             ranks = trim_to_budget(list(self.layers), ranks, self.target_params)
         for layer, rank in zip(self.layers, ranks, strict=True):
             layer.harden(rank)
@@ -558,15 +566,51 @@ class RankController:
             },
         }  # fmt: skip
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    STATE_SHAPE = {"step_count": int, "total_steps": int, "initial_params": float,
+                   "target_params": float, "last_shift": float,
+                   "rank_moments": (None, {"t": int, "m": [float], "v": float})}  # fmt: skip
+    """What :meth:`state_dict` holds (and :meth:`load_state_dict` accepts)."""
+
+    def check_state(self, state: Any) -> None:
+        """Raise ``ValueError`` unless ``state`` (e.g. read back from controller.json) is one
+        this controller can take: its shape, ranges, and agreement with this model and
+        config (the same planned steps, budget and number of layers)."""
+        found = shape_mismatch(state, self.STATE_SHAPE)
+        if found:
+            raise ValueError(found)
         if state["total_steps"] != self.total_steps:
             raise ValueError(
                 f"this controller plans {self.total_steps} steps but the saved one planned "
                 f"{state['total_steps']}; resume with the same total_steps."
             )
+        if not math.isclose(state["target_params"], self.target_params, rel_tol=1e-9):
+            raise ValueError(
+                f"target_params is {state['target_params']}, but the budget of this model's "
+                f"config is {self.target_params}"
+            )
+        ranges = {
+            "step_count": (state["step_count"], 0, self.total_steps),
+            "initial_params": (state["initial_params"], 0.0, self.max_params * (1 + 1e-9)),
+        }
+        moments = state["rank_moments"]
+        if moments is not None:
+            if len(moments["m"]) != len(self.layers):
+                raise ValueError(
+                    f"rank_moments hold {len(moments['m'])} layers, this model has "
+                    f"{len(self.layers)}"
+                )
+            ranges |= {"rank_moments.t": (moments["t"], 0, math.inf),
+                       "rank_moments.v": (moments["v"], 0.0, math.inf)}  # fmt: skip
+        for name, (value, low, high) in ranges.items():
+            if not low <= value <= high:
+                raise ValueError(f"{name} is {value}, outside [{low:g}, {high:g}]")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`, checked first (:meth:`check_state`). The budget is
+        not taken from it: it always comes from the config (:attr:`target_params`)."""
+        self.check_state(state)
         self.step_count = int(state["step_count"])
         self.initial_params = float(state["initial_params"])
-        self.target_params = float(state["target_params"])
         self._last_shift = torch.tensor(float(state["last_shift"]), dtype=torch.float64)
         moments = state.get("rank_moments")
         if moments is None:

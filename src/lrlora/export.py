@@ -1,6 +1,7 @@
 """Saving, loading and resuming LR-LoRA adapters; export to a stock PEFT LoRA adapter.
 
-Own format (a directory; nothing in it is pickled):
+Own format (a directory; nothing in it is pickled, and everything read back is checked
+against the model, its config and the optimizer first: :mod:`lrlora.files`):
 
     lrlora_config.json     the LRLoRAConfig, the reference rank and the adapted names
     adapter.safetensors    A, B, rho, tau, hard rank of every layer; the trained heads
@@ -11,27 +12,47 @@ Own format (a directory; nothing in it is pickled):
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from . import files
 from .config import LRLoRAConfig
 from .controller import ControllerNotSteppedError, RankController
 from .inject import config_of, inject, lora_layers, matches, reference_rank_of
 from .layer import LRLoRALinear
-from .util import publish_dir, staging_dir, write_json_atomic
+from .util import (
+    BadFileError,
+    check_shape,
+    publish_dir,
+    read_json,
+    staging_dir,
+    write_json_atomic,
+)
 
 FORMAT_VERSION = 1
 
 
-def _refuse_overwrite(path: Path, overwrite: bool) -> None:
-    if path.exists() and any(path.iterdir()) and not overwrite:
+def _refuse_overwrite(path: Path, overwrite: bool, marker: str) -> None:
+    """Refuse to replace a non-empty ``path`` unless ``overwrite``, and even then unless it
+    holds ``marker``: the directory is replaced as a whole, so it must be one this module
+    wrote (an adapter directory), never the working directory or someone's folder."""
+    here = Path.cwd().resolve()
+    if path.resolve() in (here, *here.parents):
+        raise FileExistsError(f"{path} is the working directory or holds it: choose a new one.")
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if not (path / marker).is_file():
+        raise FileExistsError(
+            f"{path} holds other files than an adapter ({marker} is not there): it is never "
+            "replaced, even with overwrite=True; choose a directory of its own."
+        )
+    if not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
 
 
@@ -62,7 +83,7 @@ def save(
 ) -> Path:
     """Save the adapter (and, for resuming, the controller and optimizer) atomically."""
     final = Path(path)
-    _refuse_overwrite(final, overwrite)
+    _refuse_overwrite(final, overwrite, "lrlora_config.json")
     tmp = staging_dir(final)
     try:
         meta = {
@@ -95,9 +116,16 @@ def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
 
 def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
     """Restore an optimizer written by :func:`save_optimizer`."""
-    rest = json.loads((directory / "optimizer.json").read_text())
-    tensors = load_file(str(directory / "optimizer.safetensors"))
-    optimizer.load_state_dict(_join_optimizer_state(tensors, rest))
+    optimizer.load_state_dict(read_optimizer_state(optimizer, directory))
+
+
+def read_optimizer_state(optimizer: torch.optim.Optimizer, directory: Path) -> dict[str, Any]:
+    """The state :func:`save_optimizer` wrote in ``directory``, checked against the
+    optimizer's groups and parameters (:func:`lrlora.files.optimizer_state`)."""
+    rest = read_json(directory / "optimizer.json", files.SAVED_TODO)
+    check_shape(directory / "optimizer.json", rest, files.OPTIMIZER_SHAPE, files.SAVED_TODO)
+    tensors = files.read_tensors(directory / "optimizer.safetensors")
+    return files.optimizer_state(optimizer, rest, tensors, directory)
 
 
 def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -111,44 +139,50 @@ def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
-    state: dict[int, dict] = {}
-    for flat, value in [*tensors.items(), *rest["scalars"].items()]:
-        index, key = flat.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    return {"state": state, "param_groups": rest["param_groups"]}
-
-
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+def read_meta(path: str | os.PathLike) -> tuple[dict[str, Any], LRLoRAConfig]:
+    """``lrlora_config.json`` of an adapter directory and the config it holds, checked
+    (:data:`lrlora.files.META_SHAPE`, the format version, the config's own checks)."""
     file = Path(path) / "lrlora_config.json"
     if not file.is_file():
-        raise FileNotFoundError(f"{file} not found: {path} is not an lrlora adapter directory.")
-    meta = json.loads(file.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{file}: format_version {meta.get('format_version')} is not supported.")
-    return meta
+        raise BadFileError(file, "is missing", todo=f"{path} is not an lrlora adapter directory")
+    meta = read_json(file, files.SAVED_TODO)
+    check_shape(file, meta, files.META_SHAPE, files.SAVED_TODO)
+    if meta["format_version"] != FORMAT_VERSION:
+        problem = f"has format_version {meta['format_version']}, not {FORMAT_VERSION}"
+        raise BadFileError(file, problem, todo="save it again with this version of lrlora")
+    try:
+        config = LRLoRAConfig.from_dict(meta["config"])
+    except ValueError as err:
+        raise BadFileError(file, f"config: {err}", todo=files.SAVED_TODO) from None
+    return meta, config
 
 
 def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Inject adapters as saved in ``path`` into a fresh base model and load their weights."""
-    meta = read_meta(path)
-    inject(model, LRLoRAConfig.from_dict(meta["config"]))
-    for _, layer in lora_layers(model):
-        layer.reference_rank = meta["reference_rank"]
-    names = [name for name, _ in lora_layers(model)]
-    if names != meta["layers"]:
-        raise ValueError(f"{path} was saved for other layers than this model has: {names[:3]}...")
-    _load_adapter_tensors(model, Path(path))
+    """Inject adapters as saved in ``path`` into a fresh base model and load their weights.
+
+    Nothing is changed before the saved config is known to fit ``model`` (the same adapted
+    layers, factor shapes, and weights for every module it trains fully); the tensors are
+    then checked as :func:`lrlora.files.check_adapter` says. A mismatch is a
+    :class:`~lrlora.util.BadFileError` naming the file."""
+    path = Path(path)
+    meta, config = read_meta(path)
+    shapes = files.tensor_shapes(path / "adapter.safetensors")
+    files.check_fits(model, config, meta, shapes, path)
+    inject(model, config)
+    _copy_adapter_tensors(model, _read_adapter_tensors(model, path))
     return model
 
 
+def _read_adapter_tensors(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    file = path / "adapter.safetensors"
+    tensors = files.read_tensors(file)
+    files.check_adapter(model, tensors, adapter_state_dict(model), file)
+    return tensors
+
+
 @torch.no_grad()
-def _load_adapter_tensors(model: nn.Module, path: Path) -> None:
-    tensors = load_file(str(path / "adapter.safetensors"))
+def _copy_adapter_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     own = model.state_dict()
-    unknown = sorted(set(tensors) - set(own))
-    if unknown:
-        raise ValueError(f"{path}: tensors {unknown[:5]} have no place in this model.")
     for key, value in tensors.items():
         own[key].copy_(value)
     for _, layer in lora_layers(model):
@@ -163,15 +197,35 @@ def resume(
     controller: RankController | None = None,
 ) -> dict[str, Any]:
     """Restore A, B, rho, heads, optimizer and controller state saved by :func:`save`
-    into an injected model; returns the ``extra`` dict saved with them."""
+    into an injected model; returns the ``extra`` dict saved with them. Every file is
+    checked against the model, optimizer and controller first (:mod:`lrlora.files`); a
+    mismatch is a :class:`~lrlora.util.BadFileError` naming the file."""
     path = Path(path)
-    meta = read_meta(path)
-    _load_adapter_tensors(model, path)
+    meta, _ = read_meta(path)
+    names = [name for name, _ in lora_layers(model)]
+    if names != meta["layers"]:
+        problem = f"lists other adapted layers than this model has ({len(names)})"
+        raise BadFileError(path / "lrlora_config.json", problem, todo=files.SAVED_TODO)
+    files.check_reference_rank(meta["reference_rank"], reference_rank_of(model), path)
+    tensors = _read_adapter_tensors(model, path)
+    optimizer_state = None if optimizer is None else read_optimizer_state(optimizer, path)
+    controller_state = None if controller is None else _read_controller_state(controller, path)
+    _copy_adapter_tensors(model, tensors)  # only once every file is known to fit
     if optimizer is not None:
-        load_optimizer(optimizer, path)
+        optimizer.load_state_dict(optimizer_state)
     if controller is not None:
-        controller.load_state_dict(json.loads((path / "controller.json").read_text()))
-    return meta["extra"]
+        controller.load_state_dict(controller_state)
+    return meta.get("extra", {})
+
+
+def _read_controller_state(controller: RankController, path: Path) -> dict[str, Any]:
+    file = path / "controller.json"
+    state = read_json(file, files.SAVED_TODO)
+    try:
+        controller.check_state(state)
+    except ValueError as err:
+        raise BadFileError(file, str(err), todo=files.SAVED_TODO) from None
+    return state
 
 
 # -- stock PEFT -----------------------------------------------------------------------------
@@ -204,7 +258,7 @@ def export_peft(
     layers = _require_hardened(model)
     config = config_of(model)
     final = Path(path)
-    _refuse_overwrite(final, overwrite)
+    _refuse_overwrite(final, overwrite, "adapter_config.json")
     tensors, ranks = {}, {}
     for name, layer in layers:
         rank = int(layer.hard_rank)

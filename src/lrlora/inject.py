@@ -120,6 +120,7 @@ def inject(model: nn.Module, config: LRLoRAConfig) -> nn.Module:
     """Wrap every target in an :class:`LRLoRALinear`, freeze all else, unfreeze the
     ``modules_to_save``. Modifies ``model`` in place and returns it."""
     targets = resolve_targets(model, config)
+    _check_saved_outside_targets(model, config, targets)
     ref = reference_rank(model, config, targets)
     init = config.init_rank or (ref if config.rank_mode == "budget" else config.r_max)
     for param in model.parameters():
@@ -140,6 +141,22 @@ def inject(model: nn.Module, config: LRLoRAConfig) -> nn.Module:
         setattr(parent, child, layer)
     _unfreeze_saved(model, config.modules_to_save)
     return model
+
+
+def _check_saved_outside_targets(
+    model: nn.Module, config: LRLoRAConfig, targets: list[str]
+) -> None:
+    """A module trained fully must not hold an adapted layer (its frozen base weight would
+    train with the adapter)."""
+    for name, _ in model.named_modules():
+        if name and matches(name, config.modules_to_save):
+            inside = [t for t in targets if t == name or t.startswith(name + ".")]
+            if inside:
+                raise ValueError(
+                    f"modules_to_save names {name}, which holds the target {inside[0]}: its "
+                    "base weights would train with the adapter. Name modules outside the "
+                    "targets (e.g. the task head)."
+                )
 
 
 def _unfreeze_saved(model: nn.Module, names: list[str]) -> None:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .util import excerpt
+
 MIN_EXACT_GATE = 0.1
 """Smallest gate an exact re-balancing divides by (a smaller one would blow up B)."""
 
@@ -29,6 +31,26 @@ def conv1d_class() -> type | None:
     """transformers' GPT-2 ``Conv1D`` if transformers is already imported (never imports it)."""
     module = sys.modules.get("transformers.pytorch_utils")
     return getattr(module, "Conv1D", None)
+
+
+def _check_arguments(r_max: Any, init_rank: Any, alpha: Any, ref_rank: Any, dropout: Any) -> None:
+    """Refuse what would break the forward later, or silently: a rank that is not a number
+    (``ref_rank="four"``), a NaN, a rank outside [0, R]."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not isinstance(r_max, int) or isinstance(r_max, bool) or r_max <= 0:
+        raise ValueError(f"r_max must be a positive integer, got {excerpt(r_max)}.")
+    checks = {
+        "init_rank": (init_rank, lambda v: 0 <= v <= r_max, f"in [0, r_max={r_max}]"),
+        "alpha": (alpha, math.isfinite, "finite"),
+        "ref_rank": (ref_rank, lambda v: 0 < v < math.inf, "positive and finite"),
+        "dropout": (dropout, lambda v: 0 <= v < 1, "in [0, 1)"),
+    }
+    for name, (value, ok, what) in checks.items():
+        if not number(value) or not ok(value):
+            raise ValueError(f"{name} must be a number {what}, got {excerpt(value)}.")
 
 
 def is_adaptable(module: nn.Module) -> bool:
@@ -68,6 +90,7 @@ class LRLoRALinear(nn.Module):
         super().__init__()
         if not is_adaptable(base):
             raise TypeError(f"LR-LoRA adapts nn.Linear or Conv1D, not {type(base).__name__}")
+        _check_arguments(r_max, init_rank, alpha, ref_rank, dropout)
         self.base = base
         self.fan_in_fan_out = not isinstance(base, nn.Linear)  # Conv1D: weight is (d_in, d_out)
         d_in, d_out = base.weight.shape if self.fan_in_fan_out else base.weight.shape[::-1]

@@ -167,6 +167,19 @@ def test_malformed_files_name_file_item_and_format(tmp_path):
         load_items("hellaswag", "test", tmp_path)
 
 
+def test_a_file_that_is_not_utf8_or_quotes_a_huge_answer_is_named_briefly(tmp_path):
+    path = tmp_path / "commonsense" / "boolq" / "test.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'[\n  {"instruction": "caf\xe9"}\n]')
+    with pytest.raises(DataError, match=r"test\.json:2: is not utf-8 text"):
+        load_items("boolq", "test", tmp_path)
+    row = {"instruction": BOOLQ, "output": "x", "answer": "y" * 1_000_000}
+    path.write_text(json.dumps([row]))
+    with pytest.raises(DataError, match=r"item 0: answer 'yyy[y]*\.\.\. is not among") as err:
+        load_items("boolq", "test", tmp_path)
+    assert "y" * 100 not in str(err.value)
+
+
 def test_answer_parsing_follows_llm_adapters():
     assert parse_answer("ARC-Easy", "the correct answer is answer3 because answer1") == "answer3"
     assert parse_answer("social_i_qa", "answer4") == "answer4"  # not an option: counted wrong

@@ -9,6 +9,8 @@ the rest here. Importing this module stays light (no transformers, no peft).
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,10 @@ def lrlora_config_settings(args: TrainArgs) -> dict[str, Any]:
     return {
         f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.metadata.get("config")
     }
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def make_task(args: TrainArgs) -> Task:
@@ -185,6 +191,7 @@ class TrainArgs:
     )
 
     def __post_init__(self) -> None:
+        self._check_finite()
         self._check_choices()
         task = make_task(self)
         if self.batch_size is None:
@@ -193,6 +200,17 @@ class TrainArgs:
         self._check_schedule(task.default_max_steps)
         self._check_data()
         self.lrlora_config()  # every LR-LoRA setting is checked as the API checks it
+
+    def _check_finite(self) -> None:
+        """Every number given for a float field is finite (a NaN passes every range check)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if float in (typing.get_args(hints[f.name]) or (hints[f.name],)) and value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{_flag(f.name)} must be a number, got {value!r}.")
+                if not math.isfinite(value):
+                    raise ValueError(f"{_flag(f.name)} must be a finite number, got {value}.")
 
     def _check_choices(self) -> None:
         if self.method not in METHODS:
@@ -237,14 +255,11 @@ class TrainArgs:
             raise ValueError("give either --max-steps or --epochs, not both.")
         if self.max_steps is None and self.epochs is None:
             self.max_steps = default_max_steps
-        if (self.max_steps or 1) < 1 or (self.epochs or 1) <= 0:
-            raise ValueError("max_steps and epochs must be positive.")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError("lr must be positive and weight_decay >= 0.")
-        if self.adalora_orth_reg_weight < 0:
-            raise ValueError(
-                f"adalora_orth_reg_weight must be >= 0, got {self.adalora_orth_reg_weight}."
-            )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps must be at least 1, got {self.max_steps}.")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"--epochs must be positive, got {self.epochs}.")
+        self._check_rates()
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
         positive = ("batch_size", "eval_batch_size")
@@ -255,6 +270,16 @@ class TrainArgs:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+
+    def _check_rates(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}.")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}.")
+        if self.adalora_orth_reg_weight < 0:
+            raise ValueError(
+                f"adalora_orth_reg_weight must be >= 0, got {self.adalora_orth_reg_weight}."
+            )
 
     def _check_data(self) -> None:
         if not 0 <= self.val_fraction < 1:

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from .. import files
 from ..controller import RankController
 from ..export import export_peft, resume, save
 from ..hf import LRLoRACallback, snapshot
@@ -181,8 +182,13 @@ class PeftMethod:
 
     @torch.no_grad()
     def load_state(self, path: Path) -> None:
-        params = dict(self.model.named_parameters())
-        for name, value in load_file(str(path / "trainable.safetensors")).items():
+        """Restore the trainable tensors, once they are known to be exactly this model's
+        (names, shapes, finite values); :class:`~lrlora.util.BadFileError` otherwise."""
+        file = path / "trainable.safetensors"
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        tensors = files.read_tensors(file, "it was not written for this run")
+        files.check_tensors(tensors, params, file, "it was not written for this run")
+        for name, value in tensors.items():
             params[name].copy_(value)
 
 

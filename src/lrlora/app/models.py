@@ -184,7 +184,7 @@ def load_causal_lm(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         lm = AutoModelForCausalLM.from_pretrained(path)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # transformers raises both for a bad directory
         raise FileNotFoundError(
             f"cannot load a causal LM from {model!r}: give 'smollm2' or a local directory "
             "holding config.json, weights and a tokenizer"

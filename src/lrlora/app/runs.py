@@ -16,30 +16,70 @@ when complete, so a crash or an interrupt never leaves a half-written run.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sysconfig
 from pathlib import Path
 from typing import Any
 
-from ..util import publish_dir, write_json_atomic
+from ..util import BadFileError, check_shape, publish_dir, read_json, write_json_atomic
 from .models import default_cache_dir
 from .plots import rank_heatmap, rank_trajectories
 
-JSON_FILES = ("config.json", "metrics.json", "ranks.json", "history.json")
 FIGURES = {"heatmap": "figures/rank_heatmap.png", "trajectory": "figures/rank_trajectory.png"}
+_ROW = {"name": str, "kind": str, "role": str, "depth": (int, None), "r_max": int,
+        "rho": float, "hard_rank": int, "params": int}  # fmt: skip
+_POINT = {"step": int, "rho": {str: float}, "hard_rank?": {str: int}, "tau?": (float, None),
+          **{f"{k}?": (float, None) for k in
+             ("allowance", "soft_params", "adapter_params", "budget_params")}}  # fmt: skip
+SHAPES = {
+    "config.json": {"args": {"task": str, "method": str, "budget_rank": int, "seed": int}},
+    "metrics.json": {
+        "metrics": {str: float},
+        **dict.fromkeys(("eval_split", "task", "method"), str),
+        **dict.fromkeys(("eval_rows", "train_rows", "steps", "adapter_params"), int),
+        **dict.fromkeys(("head_params", "budget_params"), int),
+        **dict.fromkeys(("train_time_s", "steps_per_second", "train_loss", "wall_time_s"), float),
+    },
+    "ranks.json": {"layers": [_ROW], "trajectory": [_POINT]},
+    "history.json": [dict],
+}
+"""The JSON files of a run directory and what :func:`report` reads of each."""
+JSON_FILES = tuple(SHAPES)
 
 
 class RunExistsError(FileExistsError):
-    """The run directory already holds a run and ``overwrite`` is off."""
+    """The run directory is in the way: it holds a run and ``overwrite`` is off, or it holds
+    something that is not a run (which ``overwrite`` never replaces)."""
+
+
+def is_run(path: Path) -> bool:
+    """Whether ``path`` looks like a run directory ``lrlora train`` wrote."""
+    return all((path / name).is_file() for name in ("config.json", "metrics.json"))
 
 
 def check_run_dir(path: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty directory unless ``overwrite``."""
-    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
-        what = "a finished run" if (path / "metrics.json").is_file() else "files"
+    """Refuse to replace a non-empty directory unless ``overwrite``; even then, refuse one
+    that is not a run directory (its files are not lrlora's to delete), the working
+    directory or a directory above it."""
+    here = Path.cwd().resolve()
+    if path.resolve() in (here, *here.parents):
         raise RunExistsError(
-            f"{path} already holds {what}; pass --overwrite to replace it or choose "
+            f"--output-dir {path} is the working directory or holds it: a run directory is "
+            "replaced as a whole, so choose a directory of its own, e.g. runs/<name>."
+        )
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if not is_run(path):
+        names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        found = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        what = f"holds files that are not an lrlora run ({found})" if names else "is a file"
+        raise RunExistsError(
+            f"{path} {what}; --overwrite replaces only a run directory lrlora wrote: move "
+            "it away or choose another --output-dir."
+        )
+    if not overwrite:
+        raise RunExistsError(
+            f"{path} already holds a finished run; pass --overwrite to replace it or choose "
             "another --output-dir."
         )
 
@@ -71,19 +111,37 @@ def _title(config: dict[str, Any]) -> str:
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """The JSON files of a finished run, by name."""
+    """The JSON files of a finished run, by name, each checked against :data:`SHAPES`."""
     missing = [name for name in JSON_FILES if not (run_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(
             f"{run_dir} is not a finished lrlora run directory: {', '.join(missing)} missing."
         )
-    return {name: json.loads((run_dir / name).read_text()) for name in JSON_FILES}
+    todo = "it was not written by lrlora train, or was edited: train the run again"
+    run = {name: read_json(run_dir / name, todo) for name in JSON_FILES}
+    for name, shape in SHAPES.items():
+        check_shape(run_dir / name, run[name], shape, todo)
+    ranks, metrics = run["ranks.json"], run["metrics.json"]
+    if not ranks["layers"] or not ranks["trajectory"]:
+        raise BadFileError(run_dir / "ranks.json", "holds no layer or no trajectory", todo=todo)
+    if metrics["budget_params"] <= 0:
+        raise BadFileError(run_dir / "metrics.json", "budget_params is not positive", todo=todo)
+    return run
 
 
 def report(run_dir: str | Path) -> str:
-    """Regenerate a run's figures and return its summary."""
+    """Regenerate a run's figures and return its summary. The figures are written only
+    inside ``run_dir``: a ``figures`` that is a symbolic link or not a directory is refused."""
     run_dir = Path(run_dir)
     run = read_run(run_dir)
+    figures = run_dir / "figures"
+    if figures.is_symlink() or (figures.exists() and not figures.is_dir()):
+        where = f"a symbolic link to {figures.readlink()}" if figures.is_symlink() else "a file"
+        raise BadFileError(
+            figures,
+            f"is {where}; lrlora report writes only inside the run directory",
+            todo="replace it with a plain directory (or remove it) and report again",
+        )
     make_figures(run_dir, run["ranks.json"], _title(run["config.json"]))
     return format_summary(run_dir, run)
 

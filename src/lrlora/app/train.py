@@ -21,14 +21,13 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from ..util import staging_dir, versions
+from ..util import BadFileError, staging_dir, versions
 from . import checkpoint, runs
 from .args import METHODS, TrainArgs, make_task
 from .baselines import lora_budget_params
 from .methods import Method, attach
 from .models import TargetError, count_params, default_targets
 from .runs import RunExistsError
-from .tasks import DataError
 from .tasks.base import Loaded, ModelLoadError, Task
 from .trainer import NonFiniteLossError, RankTrajectory, RunTrainer
 
@@ -44,7 +43,7 @@ class LaunchError(RuntimeError):
 
 
 USER_ERRORS = (
-    DataError,
+    BadFileError,
     RunExistsError,
     NonFiniteLossError,
     ModelLoadError,
@@ -204,7 +203,7 @@ def resume_point(args: TrainArgs, world_size: int) -> Path | None:
     found = checkpoint.latest(args.checkpoint_dir) if args.resume else None
     if found is None:
         return None
-    saved, ours = checkpoint.read_json(found / "run.json"), args.to_dict()
+    saved, ours = checkpoint.read_run(found), args.to_dict()
     changed = [
         f"--{k.replace('_', '-')} {saved['args'].get(k)!r} (now {ours[k]!r})"
         for k in ours
@@ -323,6 +322,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
     finished = False
     try:
         resume_from = resume_point(args, trainer.args.world_size)
+        if resume_from is not None:
+            checkpoint.verify(resume_from, trainer.args.world_size, setup.total_steps)
         if main and resume_from is not None:
             print(f"resuming from {resume_from}")
         result = fit_and_evaluate(args, setup, trainer, resume_from)
@@ -332,6 +333,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
             publish_run(args, setup, result, metrics)
         finished = True
     finally:
+        if not finished:
+            trainer.close_progress_bars()
         if main:
             tidy_checkpoints(args, finished)
     trainer.accelerator.wait_for_everyone()  # the run directory exists when train() returns

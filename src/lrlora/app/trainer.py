@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import ProgressCallback, Trainer, TrainerCallback
 
 from ..export import load_optimizer, save_optimizer
 from ..inject import lora_layers
-from ..util import write_json_atomic
+from ..util import BadFileError, write_json_atomic
 from . import checkpoint
 
 if TYPE_CHECKING:
@@ -108,6 +108,16 @@ class RunTrainer(Trainer):
             raise NonFiniteLossError(step, float(loss), bad, checkpoint.latest(self.checkpoints))
         return loss
 
+    def close_progress_bars(self) -> None:
+        """End the progress bars' line, so that what is printed next (an error after a failed
+        step or resume) starts on a line of its own."""
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ProgressCallback):
+                for bar in (callback.training_bar, callback.prediction_bar):
+                    if bar is not None:
+                        bar.close()
+                callback.training_bar = callback.prediction_bar = None
+
     # -- checkpoints ----------------------------------------------------------------------------
     def _save_checkpoint(self, model: nn.Module, trial: Any, *args: Any, **kwargs: Any) -> None:
         """Write this step's checkpoint atomically; every process adds its RNG state. Not at
@@ -143,14 +153,24 @@ class RunTrainer(Trainer):
         """Nothing yet: the model is restored with the optimizer, once it is prepared."""
 
     def _load_optimizer_and_scheduler(self, resume_from_checkpoint: str | None) -> None:
+        """Restore the method's state, the optimizer, the scheduler, the trajectory and the
+        learning rates; a file that does not fit is a :class:`checkpoint.CheckpointError`."""
         if resume_from_checkpoint is None:
             return
         path = Path(resume_from_checkpoint)
-        self.method.load_state(path / "model")
-        load_optimizer(self.optimizer, path)
-        self.lr_scheduler.load_state_dict(checkpoint.read_json(path / "scheduler.json"))
-        self.rank_trajectory.points = checkpoint.read_json(path / "trajectory.json")
-        self._change_learning_rates(checkpoint.read_json(path / "run.json")["args"])
+        try:
+            self.method.load_state(path / "model")
+            load_optimizer(self.optimizer, path)
+        except BadFileError as err:
+            raise checkpoint.damaged(err) from None
+        scheduler = checkpoint.read_checked(path / "scheduler.json", dict)
+        checkpoint.same_keys_and_kinds(
+            path / "scheduler.json", scheduler, self.lr_scheduler.state_dict()
+        )
+        self.lr_scheduler.load_state_dict(scheduler)
+        trajectory = checkpoint.read_checked(path / "trajectory.json", checkpoint.TRAJECTORY_SHAPE)
+        self.rank_trajectory.points = trajectory
+        self._change_learning_rates(checkpoint.read_run(path)["args"])
 
     def _change_learning_rates(self, saved: dict[str, Any]) -> None:
         """A resume may change --lr / --rank-lr (e.g. lower them after a divergence): scale
@@ -162,6 +182,10 @@ class RunTrainer(Trainer):
             if "initial_lr" in group:  # set by the scheduler
                 group["initial_lr"] *= factor
             self.lr_scheduler.base_lrs[index] *= factor
+
+    def _load_scaler(self, resume_from_checkpoint: str | None) -> None:
+        """Nothing: lrlora train uses no gradient scaler, and a checkpoint's ``scaler.pt``
+        (a pickle) is refused by :func:`checkpoint.verify`, never loaded."""
 
     def _load_rng_state(self, resume_from_checkpoint: str | None) -> None:
         if resume_from_checkpoint is not None:

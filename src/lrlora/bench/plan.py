@@ -10,10 +10,11 @@ Two stages per (task, method):
 
 Run ids look like ``glue/sst2/lr-lora/r4/tune/lr1e-3/s0`` and ``glue/sst2/lr-lora/r4/lr1e-3/s0``;
 the result of a run is ``<results_dir>/<id with "/" replaced by "__">.json``. A run is
-finished when that file parses as a JSON object with the run's id; anything else (no file,
-a half-written or foreign file) is pending and will be run again. So is a stale result: one
-recorded with another sizing of its task, or with other settings of its method than this
-version would train it with (a changed default makes the old results stale).
+finished when that file parses as a JSON object with the run's id and the fields the report
+reads (:data:`RESULT_SHAPE`); anything else (no file, a half-written, edited or foreign file)
+is pending and will be run again, the file kept aside. So is a stale result: one recorded
+with another sizing of its task, or with other settings of its method than this version
+would train it with (a changed default makes the old results stale).
 """
 
 from __future__ import annotations
@@ -25,12 +26,24 @@ from pathlib import Path
 from typing import Any
 
 from ..app.args import METHODS, TrainArgs
+from ..app.runs import SHAPES
+from ..util import shape_mismatch
 from .suites import Matrix, TaskSizing, base_method, is_variant
 from .variants import split_method
 
 TUNE, FINAL = "tune", "final"
 LR_CHOICE_FILE = "lr_choice.json"
 _TIE = 1e-9
+RESULT_SHAPE = {
+    **dict.fromkeys(("id", "method", "status"), str), "task?": str,
+    "score": (float, None), "seed?": int, "lr?": float,
+    "metrics": (None, {"adapter_params?": float, "wall_time_s?": float,
+                       "metrics?": {str: (float, None)}}),
+    "ranks?": (None, SHAPES["ranks.json"]["layers"]),
+    "sizing?": dict, "train_args?": dict, "versions?": (dict, None),
+    "machine?": (None, {"cpu_count": int}), "timestamp?": (str, None), "command?": (None, [str]),
+}  # fmt: skip
+"""What a result file holds that the plan and the report read."""
 
 
 def format_lr(lr: float) -> str:
@@ -109,14 +122,24 @@ def load_result(
     or stale: recorded with another ``sizing`` of its task or other ``method_settings``
     (each checked only when given)."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
-    if not isinstance(data, dict) or data.get("id") != run_id or "status" not in data:
+    if shape_mismatch(data, RESULT_SHAPE) or data["id"] != run_id:
+        return None
+    if data["status"] == "ok" and not _scored(data):
         return None
     if is_stale(data, sizing, method_settings):
         return None
     return data
+
+
+def _scored(result: dict[str, Any]) -> bool:
+    """A finished run has a score and metrics (a trained one, its task and adapter size)."""
+    metrics, trained = result["metrics"], "seed" in result
+    if result["score"] is None or metrics is None:
+        return False
+    return not trained or ("adapter_params" in metrics and "task" in result)
 
 
 def is_stale(

@@ -246,8 +246,9 @@ class ResultExistsError(FileExistsError):
 
 def write_result(path: Path, record: dict[str, Any], force: bool) -> None:
     """Write a result atomically; a finished result is replaced only with ``force``. A stale
-    one (another sizing of its task or other settings of its method than ``record``) is first
-    moved to ``<results dir>/stale/``, so that no finished result is ever lost."""
+    one (another sizing of its task or other settings of its method than ``record``), or a
+    file that is not a finished result of this run (half-written, edited, foreign), is first
+    moved to ``<results dir>/stale/``, so that no file is ever lost."""
     existing = load_result(path, record["id"])
     if existing is not None:
         sizing = TaskSizing(**record["sizing"]) if "sizing" in record else None
@@ -256,6 +257,8 @@ def write_result(path: Path, record: dict[str, Any], force: bool) -> None:
         if is_stale(existing, sizing, method):
             keep_aside(path)
             existing = None
+    elif path.exists():
+        keep_aside(path)
     if not force and existing is not None:
         raise ResultExistsError(f"{path} holds a finished result; pass --force to replace it.")
     write_json_atomic(path, record)
@@ -278,8 +281,12 @@ def write_lr_choices(plan: BenchPlan) -> Path:
     stay)."""
     path = plan.results_dir / LR_CHOICE_FILE
     try:
-        existing = json.loads(path.read_text())
-    except (OSError, ValueError):
+        existing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        existing = None
+    if not isinstance(existing, dict):  # missing, or not ours: kept aside, never overwritten
+        if path.exists():
+            keep_aside(path)
         existing = {}
     for (task, method), choice in plan.choices.items():
         existing[choice_key(plan.matrix, task, method)] = choice.to_dict()

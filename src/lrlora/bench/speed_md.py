@@ -3,16 +3,66 @@ writes ``speed-<device>.json`` and renders ``PERFORMANCE.md`` from it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..util import write_json_atomic, write_text_atomic
+from ..util import (
+    BadFileError,
+    check_shape,
+    excerpt,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .speed import INFER_VARIANTS, REBALANCED, TRAIN_VARIANTS, SpeedArgs, evaluate_targets, measure
 
 MIB = 2**20
+
+
+def _rows(names: tuple[str, ...], refs: tuple[str, ...]) -> dict[str, dict[str, type]]:
+    keys = ("median_ms", "mad_ms", *(f"{ref}{mad}" for ref in refs for mad in ("", "_mad")))
+    return {name: dict.fromkeys(keys, float) for name in names}
+
+
+_TRAIN_ROWS = _rows((*TRAIN_VARIANTS, REBALANCED), ("vs_lora", "vs_base", "vs_adalora"))
+_INFER_ROWS = _rows(INFER_VARIANTS, ("vs_lora", "vs_base"))
+RECORD_SHAPE = {
+    **dict.fromkeys(("command", "timestamp", "model"), str),
+    "args": dict.fromkeys(("batch_size", "seq_len", "rank", "rounds", "steps", "warmup"), int),
+    "machine": {**dict.fromkeys(("device_name", "device", "platform"), str),
+                **dict.fromkeys(("cpu_count", "threads"), int)},
+    "versions": dict.fromkeys(("torch", "transformers", "peft", "python"), (str, None)),
+    "train": {
+        "summary": _TRAIN_ROWS, "cpu_summary": _TRAIN_ROWS, "memory_measure": str,
+        "memory": {name: dict.fromkeys(("activations", "gradients", "state", "vs_lora"), float)
+                   for name in TRAIN_VARIANTS},
+        "rebalance_ms": float, "rebalance_every": int,
+    },
+    "inference": {"summary": _INFER_ROWS, "cpu_summary": _INFER_ROWS,
+                  "lr_lora_ranks": {str: int}, "merged_same_architecture": bool},
+}  # fmt: skip
+"""What ``speed-<device>.json`` holds that the report reads."""
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A speed record written by :func:`run_speed_bench`, checked against
+    :data:`RECORD_SHAPE`; :class:`~lrlora.util.BadFileError` naming the file otherwise."""
+    todo = "measure again: run lrlora bench-speed without --report-only"
+    record = read_json(path, todo)
+    check_shape(path, record, RECORD_SHAPE, todo)
+    key = record["train"]["memory_measure"]
+    if key not in ("total", "cuda_peak"):
+        problem = f"memory_measure is {excerpt(key, 40)}, not 'total' or 'cuda_peak'"
+        raise BadFileError(path, problem, todo=todo)
+    memory = record["train"]["memory"]
+    for name in TRAIN_VARIANTS:
+        check_shape(path, memory[name], {key: float}, todo)
+    if memory["lora"][key] <= 0:
+        raise BadFileError(path, f"LoRA's memory ({key}) is not positive", todo=todo)
+    return record
+
 
 LABELS = {
     "base": "frozen base (head only)",
@@ -178,7 +228,7 @@ def run_speed_bench(args: SpeedArgs, template: nn.Module | None = None) -> dict[
     two-label classifier). With ``args.report_only`` the record is read back instead.
     """
     results = Path(args.results_dir) / f"speed-{args.device}.json"
-    record = json.loads(results.read_text()) if args.report_only else measure(args, template)
+    record = read_record(results) if args.report_only else measure(args, template)
     record["targets"] = evaluate_targets(record["train"], record["inference"])
     write_json_atomic(results, record)
     write_report(record, Path(args.docs_dir) / "PERFORMANCE.md")

@@ -169,6 +169,22 @@ def test_bad_row_names_file_line_and_format(
     assert "; expected " in str(err)
 
 
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "split.tsv"
+    path.write_bytes(b"label\ttext_a\n1\tgood\n0\tna\xefve \xff\n")
+    with pytest.raises(DataError, match=r"split\.tsv:3: is not utf-8 text \(byte 0xef") as info:
+        parse_sst2(path)
+    assert info.value.line == 3 and "; expected header" in str(info.value)
+
+
+def test_a_bad_value_is_quoted_as_a_short_excerpt(tmp_path: Path) -> None:
+    """A megabyte-long field is quoted by its first characters only."""
+    path = write(tmp_path / "split.tsv", "label\ttext_a\n" + "x" * 1_000_000 + "\tgood\n")
+    with pytest.raises(DataError, match=r"split\.tsv:2: label 'xxx") as info:
+        parse_sst2(path)
+    assert "x" * 100 not in str(info.value) and "xxx..." in str(info.value)
+
+
 def test_stsb_ignores_extra_trailing_fields(tmp_path: Path) -> None:
     path = write(tmp_path / "train.csv", "g\tf\t2012\t1\t3.8\ta\tb\tsource a\tsource b\n")
     assert parse_stsb(path)[0].label == 3.8

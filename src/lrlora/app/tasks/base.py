@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -17,6 +18,18 @@ if TYPE_CHECKING:
 
 class ModelLoadError(OSError):
     """The model or its tokenizer could not be loaded."""
+
+
+def check_model_dir(model: str) -> None:
+    """A local directory given as ``--model`` must hold a Hugging Face model (its
+    ``config.json``); anything else named there is left to the loader (a hub name)."""
+    path = Path(model).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"--model {model}: {path} holds no config.json, so it is not a Hugging Face model "
+            "directory; give a directory written by save_pretrained (config.json, weights, "
+            "tokenizer) or a model name."
+        )
 
 
 @dataclass(frozen=True)

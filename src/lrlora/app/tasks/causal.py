@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..lm_eval import accuracy_by_task, load_test_items
 from ..models import load_causal_lm
-from .base import Loaded, ModelLoadError, TaskOptions
+from .base import Loaded, ModelLoadError, TaskOptions, check_model_dir
 from .commonsense import (
     COMMONSENSE_TASKS,
     TRAIN_TASKS,
@@ -107,6 +107,8 @@ class CommonsenseTask:
 
     def load_model(self, model: str | None) -> tuple[nn.Module, Any]:
         """The causal LM (SmolLM2 unless ``model``) and its tokenizer, padding with EOS."""
+        if model is not None and model != "smollm2":
+            check_model_dir(model)
         try:
             lm, tokenizer = load_causal_lm(model, self.cache_dir)
         except FileNotFoundError as err:

@@ -18,7 +18,6 @@ with the loss on those tokens only (:func:`build_training_example`).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -28,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lrlora.app.tasks.data import DataError
+from ...util import BadFileError, excerpt, read_json
+from .data import DataError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -126,7 +126,7 @@ def extract_options(task: str, instruction: str) -> tuple[str, ...]:
     if numbers != list(range(1, len(numbers) + 1)) or len(numbers) not in layout.counts:
         raise ValueError(
             f"{task}: expected options {layout.marker}1: .. {layout.marker}K: with K in "
-            f"{layout.counts}, found numbers {numbers}"
+            f"{layout.counts}, found numbers {excerpt(numbers)}"
         )
     return tuple(f"{layout.stem}{n}" for n in numbers)
 
@@ -157,9 +157,9 @@ def _read_rows(path: Path) -> list[Any]:
     if not path.is_file():
         raise DataError(path, "commonsense data file not found", expected=_EXPECTED)
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON ({err})", expected=_EXPECTED) from err
+        rows = read_json(path)
+    except BadFileError as err:
+        raise DataError(path, err.problem, line=err.line, expected=_EXPECTED) from None
     if not isinstance(rows, list):
         raise DataError(path, f"top level is a {type(rows).__name__}", expected=_EXPECTED)
     return rows
@@ -180,7 +180,7 @@ def _parse_item(task: str, row: Any, path: Path, index: int) -> Item:
     except ValueError as err:
         raise error(str(err)) from err
     if row["answer"] not in options:
-        raise error(f"answer {row['answer']!r} is not among the options {options}")
+        raise error(f"answer {excerpt(row['answer'])} is not among the options {options}")
     return Item(
         task=task,
         instruction=row["instruction"],

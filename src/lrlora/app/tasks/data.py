@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ...util import BadFileError
+
 ENV_VAR = "LRLORA_DATA"
 _RELATIVE_DEFAULT = Path("..") / "shared" / "data"
 
 
-class DataError(ValueError):
+class DataError(BadFileError):
     """A data file or directory is missing, or a row does not follow its format.
 
     The message reads ``<path>:<line>: <problem>; expected <format>``, with the line and
@@ -30,14 +32,9 @@ class DataError(ValueError):
         line: int | None = None,
         expected: str | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.line = line
         self.expected = expected
-        where = f"{self.path}:{line}" if line is not None else str(self.path)
-        message = f"{where}: {problem}"
-        if expected is not None:
-            message += f"; expected {expected}"
-        super().__init__(message)
+        todo = None if expected is None else f"expected {expected}"
+        super().__init__(path, problem, line=line, todo=todo)
 
 
 def _repo_root() -> Path | None:

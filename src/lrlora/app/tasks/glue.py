@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lrlora.app.tasks.data import DataError, resolve_data_dir
+from ...util import BadFileError, excerpt, read_text
+from .data import DataError, resolve_data_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +81,15 @@ class _TsvFile:
     expected: str
     encoding: str = "utf-8"
 
-    def error(self, line: int, problem: str) -> DataError:
+    def error(self, line: int | None, problem: str) -> DataError:
         return DataError(self.path, problem, line=line, expected=self.expected)
 
     def lines(self) -> list[tuple[int, list[str]]]:
         """(1-based line number, fields) of every non-blank line."""
-        with open(self.path, encoding=self.encoding, newline="") as f:
-            text = f.read()
+        try:
+            text = read_text(self.path, self.encoding)
+        except BadFileError as err:
+            raise self.error(err.line, err.problem) from None
         return [
             (number, line.rstrip("\r").split("\t"))
             for number, line in enumerate(text.split("\n"), start=1)
@@ -108,7 +111,7 @@ class _TsvFile:
             if found == header:
                 rows = rows[1:]
             elif not header_optional:
-                raise self.error(rows[0][0], f"header is {found}, not {header}")
+                raise self.error(rows[0][0], f"header is {excerpt(found)}, not {header}")
         for number, fields in rows:
             if len(fields) != ncols and not (extra_ok and len(fields) > ncols):
                 raise self.error(number, f"{len(fields)} tab-separated columns instead of {ncols}")
@@ -124,13 +127,14 @@ class _TsvFile:
         try:
             return labels[value.strip()]
         except KeyError:
-            raise self.error(line, f"label {value!r} is not one of {sorted(labels)}") from None
+            problem = f"label {excerpt(value)} is not one of {sorted(labels)}"
+            raise self.error(line, problem) from None
 
     def score(self, line: int, value: str, low: float, high: float) -> float:
         try:
             score = float(value)
         except ValueError:
-            raise self.error(line, f"score {value!r} is not a number") from None
+            raise self.error(line, f"score {excerpt(value)} is not a number") from None
         if not low <= score <= high:  # also rejects nan
             raise self.error(line, f"score {score} is outside [{low}, {high}]")
         return score

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..models import head_modules, minilm_path
-from .base import Loaded, ModelLoadError, TaskOptions
+from .base import Loaded, ModelLoadError, TaskOptions, check_model_dir
 from .glue import Example, GlueTask, load_split
 from .metrics import compute_metrics
 
@@ -69,6 +69,7 @@ class ClassificationTask:
         import transformers
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        check_model_dir(path)
         problem = "regression" if self.glue.is_regression else "single_label_classification"
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # the head is new by design; no warning
@@ -78,7 +79,7 @@ class ClassificationTask:
             model = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=self.glue.num_labels, problem_type=problem
             )
-        except OSError as err:
+        except (OSError, ValueError) as err:  # transformers raises both for a bad directory
             raise ModelLoadError(
                 f"cannot load a sequence-classification model from --model {path!r}: give a "
                 f"local model directory (config.json, weights, tokenizer) or a hub name ({err})"

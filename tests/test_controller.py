@@ -206,6 +206,31 @@ def test_shared_rank_update_keeps_the_layers_gradients_in_proportion():
     assert not any(layer.rho in optimizer.state for layer in layers)
 
 
+def test_the_even_projection_shifts_every_rho_alike_and_weighs_gradients_by_cost():
+    """projection='even': the budget shifts every rho by the same delta, and the shared
+    update moves each rho by its gradient per unit of cost (the same fixed point as 'cost':
+    equal loss decrease per parameter)."""
+    model = lrlora.inject(tiny_bert(), bert_config(rank_lr=0.1, projection="even"))
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=10)
+    layers = [layer for _, layer in lrlora.lora_layers(model)]
+    assert torch.all(controller.weights == 1.0)
+    rhos = torch.linspace(1.5, 3.5, len(layers), dtype=torch.float64)  # r_max 4
+    projected = controller._project(rhos, 0.3, 0.8 * controller._soft_cost(rhos, 0.3))
+    assert torch.allclose(rhos - projected, torch.full_like(rhos, controller.last_shift))
+    costs = torch.tensor([float(layer.cost_per_rank) for layer in layers])
+    assert costs.unique().numel() > 1  # attention and MLP layers cost differently
+    before = torch.stack([layer.rho.detach().clone() for layer in layers])
+    grads = torch.linspace(-1.0, 3.0, len(layers))
+    _rank_gradients(model, grads)
+    optimizer.step()
+    moved = torch.stack([layer.rho.detach() for layer in layers]) - before
+    per_cost = grads / (costs / costs.mean())
+    torch.testing.assert_close(
+        moved, -0.1 * per_cost / per_cost.square().mean().sqrt(), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_optimizer_rank_update_leaves_rho_to_adam():
     model = lrlora.inject(tiny_bert(), bert_config(rank_update="optimizer", rank_lr=0.1))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))

@@ -21,6 +21,7 @@ ScalingRule = Literal["budget", "max", "sqrt"]
 TauShape = Literal["cosine", "linear", "exp"]
 RankUpdate = Literal["shared", "optimizer"]
 RebalanceMoments = Literal["reset", "rescale"]
+Projection = Literal["cost", "even"]
 RankSignal = Literal["gradient", "spectrum", "sensitivity"]
 
 
@@ -109,6 +110,14 @@ class LRLoRAConfig:
         "the remaining steps train the final adapter; 1.0 hardens only when harden() is "
         "called at the end.",
         1.0,
+    )
+    projection: Projection = _help(
+        "How the budget projection and the shared rank update weigh a layer's cost. 'cost': "
+        "every rho is shifted by delta x its cost per rank (normalised), and moved by its raw "
+        "gradient. 'even': every rho is shifted by the same delta, and moved by its gradient "
+        "per unit of cost. Both stop where the loss falls equally per parameter; 'even' does "
+        "not move the costly (MLP) layers' ranks 2.5x further per step.",
+        "cost",
     )
     fill_budget: bool = _help(
         "Budget mode: project rho onto the allowance from both sides, so rank one layer "
@@ -257,6 +266,8 @@ class LRLoRAConfig:
             )
         if self.rebalance_every < 0:
             raise ValueError(f"rebalance_every must be >= 0, got {self.rebalance_every}.")
+        if self.projection not in ("cost", "even"):
+            raise ValueError(f"projection must be 'cost' or 'even', got {self.projection!r}.")
         if self.rebalance_moments not in ("reset", "rescale"):
             raise ValueError(
                 f"rebalance_moments must be 'reset' or 'rescale', got {self.rebalance_moments!r}."

@@ -106,6 +106,8 @@ class RankController:
         costs = torch.tensor([layer.cost_per_rank for layer in self.layers], dtype=torch.float64)
         self.costs = costs
         self.weights = costs / costs.mean()
+        if self.config.projection == "even":  # the same shift for every rho
+            self.weights = torch.ones_like(self.weights)
         self._on_device: dict[str, torch.Tensor] = {}
         self._last_shift = torch.zeros((), dtype=torch.float64)
         self.max_params = float(costs.sum()) * self.config.r_max
@@ -302,6 +304,8 @@ class RankController:
                 [torch.zeros((), device=device) if layer.rho.grad is None
                  else layer.rho.grad.detach().to(device) for layer in self.layers]
             ).double()  # fmt: skip
+        if self.config.projection == "even":  # per unit of cost
+            grads = grads / (self.costs / self.costs.mean()).to(device)
         if self._rank_m is None or self._rank_m.device != device:
             self._rank_m = torch.zeros_like(grads)
             self._rank_v = torch.zeros((), dtype=torch.float64, device=device)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import LRLoRAConfig, RankSignal, RankUpdate, RebalanceMoments, ScalingRule
+from ..config import LRLoRAConfig, Projection, RankSignal, RankUpdate, RebalanceMoments, ScalingRule
 from ..util import field_help
 from .baselines import ADALORA_ORTH_REG_WEIGHT, SCALING
 from .models import MINILM_PACKAGE
@@ -119,6 +119,7 @@ class TrainArgs:
     rebalance_exact: bool = _from_lrlora("rebalance_exact")
     rebalance_moments: RebalanceMoments = _from_lrlora("rebalance_moments")
     fill_budget: bool = _from_lrlora("fill_budget")
+    projection: Projection = _from_lrlora("projection")
     scaling: ScalingRule = _from_lrlora("scaling")
     tau_start: float = _from_lrlora("tau_start")
     tau_end: float = _from_lrlora("tau_end")

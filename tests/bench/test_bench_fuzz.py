@@ -96,3 +96,32 @@ def test_a_speed_record_renders_or_names_the_file(data):
             assert (docs / "PERFORMANCE.md").is_file()
         written = [p for p in Path(tmp).rglob("*") if p.is_file()]
         assert all(p.parent in (results, docs) for p in written)
+
+
+PLANTED = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+PLANTED_RESULT = PLANTED / "planted__attention-deep__lr-lora__s0.json"
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_planted_result_loads_and_reports_or_counts_as_not_run(data):
+    from lrlora.bench import planted_suite
+
+    assert planted_suite.read_result(PLANTED_RESULT) is not None  # the stored one is valid
+    document = json.loads(PLANTED_RESULT.read_text())
+    raw = data.draw(contents(PLANTED_RESULT.read_bytes(), document))
+    with tempfile.TemporaryDirectory() as tmp:
+        results, docs = Path(tmp) / "results", Path(tmp) / "docs"
+        results.mkdir()
+        (results / PLANTED_RESULT.name).write_bytes(raw)
+        before = tree(results)
+        found = planted_suite.read_result(results / PLANTED_RESULT.name)
+        assert found is None or shape_mismatch(found, planted_suite.RESULT_SHAPE) is None
+        if found is not None:  # whatever passes the check, the report can draw
+            planted_suite.write_report(results, docs, ["lrlora", "bench"])
+        assert tree(results) == before
+        assert {p.parent for p in Path(tmp).rglob("*") if p.is_file()} <= {
+            results,
+            docs,
+            docs / "figures",
+        }

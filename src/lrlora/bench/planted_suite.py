@@ -28,7 +28,7 @@ from ..app.plots import _figure, _save
 from ..app.tasks.data import resolve_data_dir
 from ..app.tasks.glue import parse_sst2
 from ..config import LRLoRAConfig
-from ..util import versions, write_json_atomic, write_text_atomic
+from ..util import shape_mismatch, versions, write_json_atomic, write_text_atomic
 from .planted import (
     PATTERNS,
     RANK_METHODS,
@@ -162,13 +162,39 @@ def expected(run: PlantedRun, sizing: PlantedSizing) -> dict[str, Any]:
     return {"sizing": dataclasses.asdict(sizing), "pattern": run.pattern, "settings": settings}
 
 
-def finished(path: Path, run: PlantedRun, sizing: PlantedSizing) -> dict[str, Any] | None:
-    """The result at ``path`` if it is a finished run of ``run`` at ``sizing``; else None."""
+RESULT_SHAPE = {
+    **dict.fromkeys(("id", "suite", "task", "method", "status"), str),
+    "seed": int, "score": float, "planted": {str: int}, "pattern": dict,
+    "sizing": {**dict.fromkeys(("steps", "batch_size", "max_length", "r_max"), int),
+               **dict.fromkeys(("lr", "scale"), float)},
+    "metrics": {"rel_error": float, "ranks?": {str: int}},
+}  # fmt: skip
+"""What a planted result holds that the plan and the report read (``rank_spearman`` may
+also be NaN, which JSON shapes do not take: :func:`read_result` checks it)."""
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """The finished planted result at ``path``, or None if it is missing, unreadable, not
+    finished or not shaped like one (edited, half-written or foreign: it counts as not run)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("id") != run.id or data.get("status") != "ok":
+    if shape_mismatch(data, RESULT_SHAPE) or data["status"] != "ok" or data["suite"] != "planted":
+        return None
+    ranks = data["metrics"].get("ranks")
+    if ranks is not None and set(ranks) != set(data["planted"]):
+        return None
+    spearman = data["metrics"].get("rank_spearman")
+    if spearman is not None and (isinstance(spearman, bool) or not isinstance(spearman, float)):
+        return None
+    return data
+
+
+def finished(path: Path, run: PlantedRun, sizing: PlantedSizing) -> dict[str, Any] | None:
+    """The result at ``path`` if it is a finished run of ``run`` at ``sizing``; else None."""
+    data = read_result(path)
+    if data is None or data["id"] != run.id:
         return None
     want = expected(run, sizing)
     return data if all(data.get(k) == v for k, v in want.items()) else None
@@ -272,15 +298,8 @@ def run_suite(
 # -- the report ----------------------------------------------------------------------------------
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
     """Every finished planted result in ``results_dir`` (not in ``stale/``)."""
-    found = []
-    for path in sorted(Path(results_dir).glob("planted__*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and data.get("suite") == "planted" and data.get("status") == "ok":
-            found.append(data)
-    return found
+    found = (read_result(path) for path in sorted(Path(results_dir).glob("planted__*.json")))
+    return [data for data in found if data is not None]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

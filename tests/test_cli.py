@@ -154,7 +154,8 @@ def test_unknown_target_modules_are_reported(tiny_bert_dir, tmp_path, capsys):
     ("flags", "message"),
     [
         (["--target-modules", "query", "kee"], "['kee'] matched no"),  # one typo of two
-        (["--budget-rank", "500"], "can hold"),  # more rank than a 32-wide layer has
+        # more rank than a 32-wide layer has, named by the flag that asked for it
+        (["--budget-rank", "500"], "--budget-rank: rank 500 is more than"),
         (["--method", "lora", "--budget-rank", "40", "--target-modules", "query"], "can hold"),
     ],
 )

@@ -94,8 +94,8 @@ def lora_budget_params(model: nn.Module, target_modules: list[str] | str, rank: 
     for name, (d_in, d_out) in layers.items():
         if rank > min(d_in, d_out):
             raise ValueError(
-                f"rank {rank} is more than {name} can hold ({d_in} -> {d_out}: at most "
-                f"{min(d_in, d_out)}); choose a budget rank <= {min(d_in, d_out)}."
+                f"--budget-rank: rank {rank} is more than {name} can hold ({d_in} -> {d_out}: "
+                f"at most {min(d_in, d_out)}); choose a budget rank <= {min(d_in, d_out)}."
             )
     return sum(rank * (d_in + d_out) for d_in, d_out in layers.values())
 

@@ -89,8 +89,10 @@ def prepare(args: TrainArgs) -> Setup:
     total_steps = planned_steps(args, len(data.train_set))
     try:
         budget = lora_budget_params(model, targets, args.budget_rank)  # before any wrapping
-    except ValueError as err:  # no target matched: the message lists the model's layers
-        raise TargetError(f"--target-modules: {err}") from err
+    except ValueError as err:  # a target matched nothing (listing the model's layers), or
+        # the budget rank is more than a layer can hold (the message names the flag)
+        text = str(err)
+        raise TargetError(text if text.startswith("--") else f"--target-modules: {text}") from err
     head_params = count_params(model, heads)
     return Setup(
         task=task,

@@ -304,8 +304,9 @@ class RankController:
                 [torch.zeros((), device=device) if layer.rho.grad is None
                  else layer.rho.grad.detach().to(device) for layer in self.layers]
             ).double()  # fmt: skip
-        if self.config.projection == "even":  # per unit of cost
-            grads = grads / (self.costs / self.costs.mean()).to(device)
+        if self.config.projection == "even":  # per unit of cost (kept on the device: no copy)
+            costs = self._constants(device)["costs"]
+            grads = grads / (costs / costs.mean())
         if self._rank_m is None or self._rank_m.device != device:
             self._rank_m = torch.zeros_like(grads)
             self._rank_v = torch.zeros((), dtype=torch.float64, device=device)

@@ -51,6 +51,26 @@ def test_average_only_over_tasks_where_every_method_is_complete(matrix, tmp_path
     assert agg.averages(matrix, empty) == {"lora": None, "lr-lora": None}
 
 
+def test_all_task_average_for_the_methods_complete_on_every_task(matrix, tmp_path):
+    plan, table = table_of(matrix, tmp_path, {**FULL, ("stsb", "lora"): [70.0, 71.0]})
+    assert agg.overall_averages(matrix, table) == {"lora": None, "lr-lora": 78.5}
+    text = render(plan, figures={})
+    assert "| method | sst2 | stsb | Average | All 2 tasks |" in text
+    assert "| 83.00 | 78.50 |" in text  # lr-lora: sst2 only, then both tasks
+    full, _ = table_of(matrix, tmp_path / "full", FULL)
+    assert "All 2 tasks" not in render(full, figures={})  # the average covers them already
+
+
+def test_scores_and_differences_per_seed(matrix, tmp_path):
+    plan, _ = table_of(matrix, tmp_path, {**FULL, ("stsb", "lora"): [70.0, None]})
+    text = render(plan, figures={})
+    assert "| lora | 80.00 / 84.00 / 85.00 | 70.00 / – / – (1 diverged) |" in text
+    assert "| lr-lora | 81.00 / 83.00 / 85.00 | 73.00 / 74.00 / 75.00 |" in text
+    assert "| lora | +1.00 / -1.00 / +0.00 | +3.00 / – / – |" in text  # LR-LoRA minus LoRA
+    one_seed = dataclasses.replace(matrix, seeds=(0,))
+    assert "Scores per seed" not in render(build_plan(one_seed, tmp_path), figures={})
+
+
 def test_wins_and_losses_per_task_and_per_seed(matrix, tmp_path):
     _, table = table_of(matrix, tmp_path, {**FULL, ("stsb", "lora"): [70.0]})
     sst2, stsb = agg.duels(matrix, table)

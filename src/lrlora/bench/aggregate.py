@@ -2,7 +2,8 @@
 
 - :class:`Cell`: one (task, method): score per seed, mean and sample standard deviation
   (n - 1), mean final adapter parameters.
-- :func:`averages`: each method's mean over the tasks where every method is complete.
+- :func:`averages`: each method's mean over the tasks where every method is complete;
+  :func:`overall_averages`: over all tasks, for the methods complete on every one.
 - :func:`duels`: LR-LoRA against each baseline per task: difference of the means and the
   per-seed paired count of wins, losses and ties.
 - :func:`rank_rows`: LR-LoRA's final per-layer ranks by task, for the rank figures.
@@ -81,6 +82,17 @@ def averages(matrix: Matrix, table: dict[tuple[str, str], Cell]) -> dict[str, fl
     if not tasks:
         return dict.fromkeys(matrix.methods)
     return {m: statistics.fmean(table[t, m].mean for t in tasks) for m in matrix.methods}
+
+
+def overall_averages(matrix: Matrix, table: dict[tuple[str, str], Cell]) -> dict[str, float | None]:
+    """Each method's mean score over all the matrix's tasks, for the methods complete on
+    every one of them (None for the others)."""
+    return {
+        m: statistics.fmean(table[t, m].mean for t in matrix.tasks)
+        if all(table[t, m].complete for t in matrix.tasks)
+        else None
+        for m in matrix.methods
+    }
 
 
 @dataclass

@@ -2,14 +2,16 @@
 
 :func:`write_report` draws the figures from the final results it has and renders the
 Markdown: how it was produced, the sizing, the learning-rate grid and choices, the
-task x method table, LR-LoRA's wins and losses, the figures, and where LR-LoRA's rank
-went (attention vs MLP, by role and by depth) in sentences with numbers. Partial results
+task x method table, LR-LoRA's wins and losses, the scores per seed, the figures, where
+LR-LoRA's rank went (attention vs MLP, by role and by depth) in sentences with numbers,
+and the final runs the tables leave out (:mod:`lrlora.bench.history`). Partial results
 render: missing cells are "–" and the number of pending runs is stated.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from ..app.plots import rank_by_role_and_depth, rank_heatmap, score_vs_params, s
 from ..app.tasks import get_task
 from ..util import write_text_atomic
 from . import aggregate as agg
+from . import history
 from .plan import FINAL, TUNE, BenchPlan, format_lr, load_result, zero_shot_id, zero_shot_path
 from .suites import Matrix, base_method, is_variant
 
@@ -254,18 +257,65 @@ def _score_table(plan: BenchPlan, table: dict) -> list[str]:
     means = agg.averages(m, table)
     over = ", ".join(complete) if complete else "none yet"
     where = "the test sets" if m.subscores else "dev"
-    lines = _table_section(
-        "Results",
+    intro = (
         f"Mean ± sample standard deviation over seeds of the score ({where}); under it the "
         "seeds finished and the final adapter parameters (mean over seeds; a task head, "
         f"trained by every method, is not counted). Average: over the tasks where every "
-        f"method is complete ({over}).",
-        ["method", *m.tasks, "Average"],
+        f"method is complete ({over})."
+    )
+    overall = agg.overall_averages(m, table) if len(complete) < len(m.tasks) else {}
+    every_task = any(v is not None for v in overall.values())  # a column of its own
+    columns = ["method", *m.tasks, "Average"]
+    if every_task:
+        intro += f" All {len(m.tasks)} tasks: the average of each method complete on all of them."
+        columns.append(f"All {len(m.tasks)} tasks")
+    lines = _table_section("Results", intro, columns)
+    for method in m.methods:
+        cells = [_cell_text(table[t, method]) for t in m.tasks] + [_num(means[method])]
+        if every_task:
+            cells.append(_num(overall[method]))
+        lines.append(f"| {method} | {' | '.join(cells)} |")
+    return lines
+
+
+def _seed_section(plan: BenchPlan, table: dict) -> list[str]:
+    """Each cell's score per seed, and LR-LoRA minus each baseline seed by seed."""
+    m = plan.matrix
+    if len(m.seeds) < 2:
+        return []
+    seeds = " / ".join(map(str, m.seeds))
+    lines = _table_section(
+        "Scores per seed",
+        f'The score of each final run, seeds {seeds} ("–": no score, the run is pending or '
+        "diverged; diverged runs are counted in brackets).",
+        ["method", *m.tasks],
     )
     for method in m.methods:
-        cells = " | ".join(_cell_text(table[t, method]) for t in m.tasks)
-        lines.append(f"| {method} | {cells} | {_num(means[method])} |")
+        cells = [_per_seed(m.seeds, table[t, method], lambda v: f"{v:.2f}") for t in m.tasks]
+        lines.append(f"| {method} | {' | '.join(cells)} |")
+    baselines = [b for b in m.methods if b != agg.OURS and not is_variant(b)]
+    if agg.OURS not in m.methods or not baselines:
+        return lines
+    header = f"| baseline | {' | '.join(m.tasks)} |"
+    rule = "|---" * (len(m.tasks) + 1) + "|"
+    lines += ["", f"LR-LoRA minus each baseline, seed by seed ({seeds}):", "", header, rule]
+    for baseline in baselines:
+        cells = []
+        for task in m.tasks:
+            ours, other = table[task, agg.OURS], table[task, baseline]
+            paired = agg.Cell(task, baseline, len(m.seeds))
+            paired.scores = {s: v - other.scores[s] for s, v in ours.scores.items()
+                             if s in other.scores}  # fmt: skip
+            cells.append(_per_seed(m.seeds, paired, lambda v: f"{v:+.2f}"))
+        lines.append(f"| {baseline} | {' | '.join(cells)} |")
     return lines
+
+
+def _per_seed(seeds: tuple[int, ...], cell: agg.Cell, text: Callable[[float], str]) -> str:
+    if not cell.scores and not cell.diverged:
+        return DASH
+    found = [text(cell.scores[s]) if s in cell.scores else DASH for s in seeds]
+    return " / ".join(found) + (f" ({cell.diverged} diverged)" if cell.diverged else "")
 
 
 def _duel_cell(duel: agg.Duel) -> str:
@@ -496,9 +546,11 @@ def render(
         _duel_section(plan, table),
         _budget_section(plan, budgets),
         _variant_section(plan, table),
+        _seed_section(plan, table),
         _subscore_section(plan),
         _figures_section(figures),
         _rank_section(plan),
+        history.section(plan),
     ]
     return "\n".join(line for section in sections for line in section) + "\n"
 

@@ -59,6 +59,9 @@ def test_bench_writes_json_and_markdown_with_every_variant(tmp_path):
     )
     text = (tmp_path / "docs" / "PERFORMANCE.md").read_text()
     assert record["command"].startswith("lrlora bench-speed") and record["command"] in text
+    # The record names no machine's directory: the temporary directories read <tmp>/...
+    raw = (tmp_path / "results" / "speed-cpu.json").read_text()
+    assert str(tmp_path) not in raw and "<tmp>/" in record["command"]
     assert "shared with other jobs" in text
     for phrase in ("LoRA, r = R", "AdaLoRA, init_r = R", "DoRA, r = R", "frozen base",
                    "LR-LoRA merged", "LR-LoRA exported"):  # fmt: skip

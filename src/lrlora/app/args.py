@@ -19,6 +19,7 @@ from ..config import LRLoRAConfig, Projection, RankSignal, RankUpdate, Rebalance
 from ..util import field_help
 from .baselines import ADALORA_ORTH_REG_WEIGHT, SCALING
 from .models import MINILM_PACKAGE
+from .precision import PRECISIONS
 from .tasks import TASKS, get_task
 from .tasks.base import Task, TaskOptions
 from .tasks.causal import COMMONSENSE, EVAL_MODES, CommonsenseTask
@@ -151,6 +152,13 @@ class TrainArgs:
         "Maximum tokens per example (padding is dynamic). Default: the task's (sst2 64)."
     )
     seed: int = field_help("Seed of the head and adapter initialisation, shuffles and sampling.", 0)
+    precision: str = field_help(
+        "'fp32', 'bf16' (autocast of the forward; weights, adapters and optimizer state stay "
+        "fp32) or 'auto': bf16 on a CPU with native bf16 instructions (AVX-512 BF16, AMX), "
+        "where it is faster, else fp32 (docs/PERFORMANCE.md).",
+        "auto",
+        choices=PRECISIONS,
+    )
     train_limit: int | None = field_help("Train on the first N rows after a seeded shuffle.")
     eval_limit: int | None = field_help(
         "Evaluate on the first N rows of the evaluation set (commonsense: N questions per "
@@ -214,6 +222,10 @@ class TrainArgs:
                     raise ValueError(f"{_flag(f.name)} must be a finite number, got {value}.")
 
     def _check_choices(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}."
+            )
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
         if self.task == COMMONSENSE:

@@ -27,6 +27,7 @@ from .args import METHODS, TrainArgs, make_task
 from .baselines import lora_budget_params
 from .methods import Method, attach
 from .models import TargetError, count_params, default_targets
+from .precision import resolve_precision
 from .runs import RunExistsError
 from .tasks.base import Loaded, ModelLoadError, Task
 from .trainer import NonFiniteLossError, RankTrajectory, RunTrainer
@@ -106,6 +107,11 @@ def prepare(args: TrainArgs) -> Setup:
     )
 
 
+def training_precision(args: TrainArgs) -> str:
+    """'fp32' or 'bf16': ``args.precision`` resolved for the device training runs on."""
+    return resolve_precision(args.precision, "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def make_trainer(args: TrainArgs, setup: Setup) -> Any:
     """A :class:`~lrlora.app.trainer.RunTrainer` with the method's optimizer and callbacks, a
     :class:`~lrlora.app.trainer.RankTrajectory` (``trainer.rank_trajectory``) and, with
@@ -132,6 +138,7 @@ def make_trainer(args: TrainArgs, setup: Setup) -> Any:
         ddp_find_unused_parameters=False,  # every trainable tensor takes part in every forward
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
+        bf16=training_precision(args) == "bf16",  # autocast of the forward only
         dataloader_num_workers=0,
     )
     trajectory = RankTrajectory(setup.method, args.log_ranks_every)
@@ -268,6 +275,7 @@ def run_config(args: TrainArgs, setup: Setup) -> dict[str, Any]:
         "head_modules": setup.heads,
         "max_length": setup.data.max_length,
         "total_steps": setup.total_steps,
+        "precision": training_precision(args),
     }
     command = [Path(sys.argv[0]).name, *sys.argv[1:]]
     return {

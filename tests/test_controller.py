@@ -9,18 +9,88 @@ from lrlora.app import demo
 from tiny import bert_config, random_batches, tiny_bert
 
 
-def _train(model, steps, accumulate=1, seed=0, **controller_kw):
+def _train(model, steps, accumulate=1, seed=0, call_step=True, hooked=True, **controller_kw):
+    """Train ``steps`` optimizer steps; ``call_step``: the loop calls controller.step() after
+    each; ``hooked``: the controller is built with the optimizer (else without, by hand)."""
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
-    controller = lrlora.RankController(model, optimizer, total_steps=steps, **controller_kw)
+    controller = lrlora.RankController(
+        model, optimizer if hooked else None, total_steps=steps, **controller_kw
+    )
     for tokens, labels in random_batches(steps, seed=seed):
         for chunk in range(accumulate):
             part = slice(chunk * 4 // accumulate, (chunk + 1) * 4 // accumulate)
             (model(tokens[part], labels=labels[part]).loss / accumulate).backward()
         optimizer.step()
-        controller.step()
+        if call_step:
+            controller.step()
         optimizer.zero_grad()
     return controller
+
+
+def test_a_loop_without_controller_step_anneals_and_projects_as_one_that_calls_it():
+    """The controller steps itself after every optimizer.step(); a loop's own call after it
+    does nothing, so both loops end with the same schedule, ranks and state."""
+    config = bert_config(init_rank=4, rank_lr=0.2)
+    called = _train(lrlora.inject(tiny_bert(), config), steps=8)
+    plain = _train(lrlora.inject(tiny_bert(), config), steps=8, call_step=False)
+    assert plain.step_count == called.step_count == 8
+    assert plain.tau == called.tau == pytest.approx(config.tau_end)
+    assert plain.allowance == called.allowance == plain.target_params < plain.initial_params
+    assert plain.soft_ranks() == called.soft_ranks()
+    assert plain.state_dict() == called.state_dict()
+    assert all(int(layer.steps) == 8 for layer in plain.layers)
+    assert any(rank != 4.0 for rank in plain.soft_ranks().values())  # the ranks moved
+
+
+def test_the_hook_steps_the_controller_where_a_call_by_hand_did():
+    """With rho left to the optimizer (and no re-balancing, which resets its moments), a
+    controller built without it and stepped by hand after every optimizer.step() ends where
+    the self-stepping one does."""
+    config = bert_config(init_rank=4, rank_lr=0.2, rank_update="optimizer", rebalance_every=0)
+    hooked = _train(lrlora.inject(tiny_bert(), config), steps=8, call_step=False)
+    by_hand = _train(lrlora.inject(tiny_bert(), config), steps=8, hooked=False)
+    assert by_hand.step_count == hooked.step_count == 8
+    assert by_hand.soft_ranks() == hooked.soft_ranks()
+    assert by_hand.state_dict() == hooked.state_dict()
+    assert torch.equal(by_hand._rhos(), hooked._rhos())
+
+
+def test_calling_step_after_the_optimizer_stepped_does_not_step_twice():
+    model = lrlora.inject(tiny_bert(), bert_config(init_rank=4))
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=4)
+    controller.step()  # no optimizer step yet: nothing to count
+    assert controller.step_count == 0
+    for tokens, labels in random_batches(3):
+        model(tokens, labels=labels).loss.backward()
+        optimizer.step()
+        tau, rhos = controller.tau, controller._rhos()
+        controller.step()
+        controller.step()
+        assert controller.tau == tau and torch.equal(controller._rhos(), rhos)
+        optimizer.zero_grad()
+    assert controller.step_count == 3
+
+
+def test_an_optimizer_step_the_grad_scaler_skips_is_not_counted():
+    model = lrlora.inject(tiny_bert(), bert_config(init_rank=4))
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=4)
+    scaler = torch.amp.GradScaler("cpu")
+    for step, (tokens, labels) in enumerate(random_batches(3)):
+        scaler.scale(model(tokens, labels=labels).loss).backward()
+        if step == 1:  # an overflow: the scaler does not call optimizer.step()
+            controller.layers[0].lora_A.grad[0, 0] = float("inf")
+            tau, rhos = controller.tau, controller._rhos()
+        scaler.step(optimizer)
+        scaler.update()
+        controller.step()
+        optimizer.zero_grad()
+        if step == 1:
+            assert controller.step_count == 1
+            assert controller.tau == tau and torch.equal(controller._rhos(), rhos)
+    assert controller.step_count == 2
 
 
 def test_budget_holds_during_training_and_after_hardening():
@@ -290,10 +360,11 @@ def test_a_second_controller_on_one_optimizer_is_refused_until_the_first_is_clos
 
 def test_closing_removes_the_hooks():
     """With its hooks removed the controller no longer takes rho's gradient before the
-    optimizer (the shared rank update): the optimizer moves rho itself."""
+    optimizer (the shared rank update): the optimizer moves rho itself; and it no longer
+    steps after the optimizer."""
     model = lrlora.inject(tiny_bert(), bert_config(rank_update="shared"))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
-    with lrlora.RankController(model, optimizer, total_steps=5):
+    with lrlora.RankController(model, optimizer, total_steps=5) as controller:
         pass
     layers = [layer for _, layer in lrlora.lora_layers(model)]
     for layer in layers:
@@ -301,6 +372,9 @@ def test_closing_removes_the_hooks():
     optimizer.step()
     assert all(layer.rho.grad is not None for layer in layers)
     assert all(layer.rho in optimizer.state for layer in layers)
+    assert controller.step_count == 0  # nor does it step after the optimizer
+    controller.step()
+    assert controller.step_count == 1  # by hand, as one built without an optimizer
 
 
 def test_the_controller_finds_what_it_needs_on_the_adapters_through_a_wrapper():

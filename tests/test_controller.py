@@ -9,18 +9,88 @@ from lrlora.app import demo
 from tiny import bert_config, random_batches, tiny_bert
 
 
-def _train(model, steps, accumulate=1, seed=0, **controller_kw):
+def _train(model, steps, accumulate=1, seed=0, call_step=True, hooked=True, **controller_kw):
+    """Train ``steps`` optimizer steps; ``call_step``: the loop calls controller.step() after
+    each; ``hooked``: the controller is built with the optimizer (else without, by hand)."""
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
-    controller = lrlora.RankController(model, optimizer, total_steps=steps, **controller_kw)
+    controller = lrlora.RankController(
+        model, optimizer if hooked else None, total_steps=steps, **controller_kw
+    )
     for tokens, labels in random_batches(steps, seed=seed):
         for chunk in range(accumulate):
             part = slice(chunk * 4 // accumulate, (chunk + 1) * 4 // accumulate)
             (model(tokens[part], labels=labels[part]).loss / accumulate).backward()
         optimizer.step()
-        controller.step()
+        if call_step:
+            controller.step()
         optimizer.zero_grad()
     return controller
+
+
+def test_a_loop_without_controller_step_anneals_and_projects_as_one_that_calls_it():
+    """The controller steps itself after every optimizer.step(); a loop's own call after it
+    does nothing, so both loops end with the same schedule, ranks and state."""
+    config = bert_config(init_rank=4, rank_lr=0.2)
+    called = _train(lrlora.inject(tiny_bert(), config), steps=8)
+    plain = _train(lrlora.inject(tiny_bert(), config), steps=8, call_step=False)
+    assert plain.step_count == called.step_count == 8
+    assert plain.tau == called.tau == pytest.approx(config.tau_end)
+    assert plain.allowance == called.allowance == plain.target_params < plain.initial_params
+    assert plain.soft_ranks() == called.soft_ranks()
+    assert plain.state_dict() == called.state_dict()
+    assert all(int(layer.steps) == 8 for layer in plain.layers)
+    assert any(rank != 4.0 for rank in plain.soft_ranks().values())  # the ranks moved
+
+
+def test_the_hook_steps_the_controller_where_a_call_by_hand_did():
+    """With rho left to the optimizer (and no re-balancing, which resets its moments), a
+    controller built without it and stepped by hand after every optimizer.step() ends where
+    the self-stepping one does."""
+    config = bert_config(init_rank=4, rank_lr=0.2, rank_update="optimizer", rebalance_every=0)
+    hooked = _train(lrlora.inject(tiny_bert(), config), steps=8, call_step=False)
+    by_hand = _train(lrlora.inject(tiny_bert(), config), steps=8, hooked=False)
+    assert by_hand.step_count == hooked.step_count == 8
+    assert by_hand.soft_ranks() == hooked.soft_ranks()
+    assert by_hand.state_dict() == hooked.state_dict()
+    assert torch.equal(by_hand._rhos(), hooked._rhos())
+
+
+def test_calling_step_after_the_optimizer_stepped_does_not_step_twice():
+    model = lrlora.inject(tiny_bert(), bert_config(init_rank=4))
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=4)
+    controller.step()  # no optimizer step yet: nothing to count
+    assert controller.step_count == 0
+    for tokens, labels in random_batches(3):
+        model(tokens, labels=labels).loss.backward()
+        optimizer.step()
+        tau, rhos = controller.tau, controller._rhos()
+        controller.step()
+        controller.step()
+        assert controller.tau == tau and torch.equal(controller._rhos(), rhos)
+        optimizer.zero_grad()
+    assert controller.step_count == 3
+
+
+def test_an_optimizer_step_the_grad_scaler_skips_is_not_counted():
+    model = lrlora.inject(tiny_bert(), bert_config(init_rank=4))
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=4)
+    scaler = torch.amp.GradScaler("cpu")
+    for step, (tokens, labels) in enumerate(random_batches(3)):
+        scaler.scale(model(tokens, labels=labels).loss).backward()
+        if step == 1:  # an overflow: the scaler does not call optimizer.step()
+            controller.layers[0].lora_A.grad[0, 0] = float("inf")
+            tau, rhos = controller.tau, controller._rhos()
+        scaler.step(optimizer)
+        scaler.update()
+        controller.step()
+        optimizer.zero_grad()
+        if step == 1:
+            assert controller.step_count == 1
+            assert controller.tau == tau and torch.equal(controller._rhos(), rhos)
+    assert controller.step_count == 2
 
 
 def test_budget_holds_during_training_and_after_hardening():
@@ -152,7 +222,7 @@ def test_budget_is_filled_not_only_capped():
         for _, layer in lrlora.lora_layers(model):
             layer.rho.sub_(1.0)  # give rank away; the next step hands it back
     controller.optimizer.zero_grad()
-    controller.step()
+    controller.optimizer.step()
     assert controller.summary()["soft_params"] == pytest.approx(controller.allowance, rel=1e-6)
     assert controller.lam < 0  # the shift went up
 
@@ -182,6 +252,17 @@ def test_projection_finds_the_shift_a_bisection_finds(fill):
             assert controller._soft_cost(projected, tau) == pytest.approx(budget, rel=1e-8)
 
 
+def _updated_rhos(model, optimizer) -> list[torch.Tensor]:
+    """Every rho after each optimizer step's own update, before the controller's step (its
+    post-step hook, which runs after this one if the controller is built after this call)."""
+    layers = [layer for _, layer in lrlora.lora_layers(model)]
+    seen = []
+    optimizer.register_step_post_hook(
+        lambda *_: seen.append(torch.stack([layer.rho.detach().clone() for layer in layers]))
+    )
+    return seen
+
+
 def _rank_gradients(model, values):
     for (_, layer), value in zip(lrlora.lora_layers(model), values, strict=False):
         layer.rho.grad = torch.tensor(float(value))
@@ -193,13 +274,14 @@ def test_shared_rank_update_keeps_the_layers_gradients_in_proportion():
     one gradient, so the update is lr * g / rms(g))."""
     model = lrlora.inject(tiny_bert(), bert_config(rank_update="shared", rank_lr=0.1))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    updated = _updated_rhos(model, optimizer)
     lrlora.RankController(model, optimizer, total_steps=10)
     layers = [layer for _, layer in lrlora.lora_layers(model)]
     before = torch.stack([layer.rho.detach().clone() for layer in layers])
     grads = torch.linspace(-1.0, 3.0, len(layers))
     _rank_gradients(model, grads)
     optimizer.step()
-    moved = torch.stack([layer.rho.detach() for layer in layers]) - before
+    moved = updated[-1] - before
     expected = -0.1 * grads / grads.square().mean().sqrt()
     torch.testing.assert_close(moved, expected, rtol=1e-5, atol=1e-6)
     assert all(layer.rho.grad is None for layer in layers)  # consumed: AdamW left rho alone
@@ -212,6 +294,7 @@ def test_the_even_projection_shifts_every_rho_alike_and_weighs_gradients_by_cost
     equal loss decrease per parameter)."""
     model = lrlora.inject(tiny_bert(), bert_config(rank_lr=0.1, projection="even"))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    updated = _updated_rhos(model, optimizer)
     controller = lrlora.RankController(model, optimizer, total_steps=10)
     layers = [layer for _, layer in lrlora.lora_layers(model)]
     assert torch.all(controller.weights == 1.0)
@@ -224,7 +307,7 @@ def test_the_even_projection_shifts_every_rho_alike_and_weighs_gradients_by_cost
     grads = torch.linspace(-1.0, 3.0, len(layers))
     _rank_gradients(model, grads)
     optimizer.step()
-    moved = torch.stack([layer.rho.detach() for layer in layers]) - before
+    moved = updated[-1] - before
     per_cost = grads / (costs / costs.mean())
     torch.testing.assert_close(
         moved, -0.1 * per_cost / per_cost.square().mean().sqrt(), rtol=1e-5, atol=1e-6
@@ -234,12 +317,13 @@ def test_the_even_projection_shifts_every_rho_alike_and_weighs_gradients_by_cost
 def test_optimizer_rank_update_leaves_rho_to_adam():
     model = lrlora.inject(tiny_bert(), bert_config(rank_update="optimizer", rank_lr=0.1))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    updated = _updated_rhos(model, optimizer)
     lrlora.RankController(model, optimizer, total_steps=10)
     layers = [layer for _, layer in lrlora.lora_layers(model)]
     before = torch.stack([layer.rho.detach().clone() for layer in layers])
     _rank_gradients(model, torch.linspace(0.5, 3.0, len(layers)))
     optimizer.step()
-    moved = torch.stack([layer.rho.detach() for layer in layers]) - before
+    moved = updated[-1] - before
     torch.testing.assert_close(moved, torch.full_like(moved, -0.1), rtol=1e-4, atol=1e-6)
 
 
@@ -276,10 +360,11 @@ def test_a_second_controller_on_one_optimizer_is_refused_until_the_first_is_clos
 
 def test_closing_removes_the_hooks():
     """With its hooks removed the controller no longer takes rho's gradient before the
-    optimizer (the shared rank update): the optimizer moves rho itself."""
+    optimizer (the shared rank update): the optimizer moves rho itself; and it no longer
+    steps after the optimizer."""
     model = lrlora.inject(tiny_bert(), bert_config(rank_update="shared"))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
-    with lrlora.RankController(model, optimizer, total_steps=5):
+    with lrlora.RankController(model, optimizer, total_steps=5) as controller:
         pass
     layers = [layer for _, layer in lrlora.lora_layers(model)]
     for layer in layers:
@@ -287,6 +372,9 @@ def test_closing_removes_the_hooks():
     optimizer.step()
     assert all(layer.rho.grad is not None for layer in layers)
     assert all(layer.rho in optimizer.state for layer in layers)
+    assert controller.step_count == 0  # nor does it step after the optimizer
+    controller.step()
+    assert controller.step_count == 1  # by hand, as one built without an optimizer
 
 
 def test_the_controller_finds_what_it_needs_on_the_adapters_through_a_wrapper():
@@ -351,6 +439,7 @@ def test_the_sensitivity_signal_moves_each_rho_by_its_boundary_cost():
     the accumulators are cleared."""
     model = lrlora.inject(tiny_bert(), bert_config(rank_signal="sensitivity", rank_lr=0.1))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    updated = _updated_rhos(model, optimizer)
     controller = lrlora.RankController(model, optimizer, total_steps=10)
     layers = [layer for _, layer in lrlora.lora_layers(model)]
     for i, layer in enumerate(layers):
@@ -358,7 +447,7 @@ def test_the_sensitivity_signal_moves_each_rho_by_its_boundary_cost():
         layer.rho.grad = torch.tensor(-100.0)  # ignored under this signal
     before = torch.stack([layer.rho.detach().clone() for layer in layers])
     optimizer.step()
-    moved = torch.stack([layer.rho.detach() for layer in layers]) - before
+    moved = updated[-1] - before
     values = torch.arange(1.0, len(layers) + 1)
     torch.testing.assert_close(moved, 0.1 * values / values.square().mean().sqrt())
     assert all(float(layer.sensitivity.abs().sum()) == 0 for layer in layers)
@@ -370,15 +459,18 @@ def test_rebalancing_resets_or_rescales_the_moments_of_the_rewritten_factors(mom
     torch.manual_seed(0)
     model = lrlora.inject(tiny_bert(), bert_config(rebalance_every=2, rebalance_moments=moments))
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
-    controller = lrlora.RankController(model, optimizer, total_steps=10)
     layer = next(layer for _, layer in lrlora.lora_layers(model))
-    for step, (tokens, labels) in enumerate(random_batches(2), start=1):
+    updated = []  # B's moments after each update, before the controller's post-step hook
+    optimizer.register_step_post_hook(
+        lambda *_: updated.append({k: v.clone() for k, v in optimizer.state[layer.lora_B].items()})
+    )
+    controller = lrlora.RankController(model, optimizer, total_steps=10)
+    for tokens, labels in random_batches(2):
         model(tokens, labels=labels).loss.backward()
-        optimizer.step()
+        optimizer.step()  # the second re-balances
         optimizer.zero_grad()
-        if step == 2:
-            before = {k: v.clone() for k, v in optimizer.state[layer.lora_B].items()}
-        controller.step()
+    assert controller.step_count == 2
+    before = updated[-1]
     state = optimizer.state.get(layer.lora_B)
     if moments == "reset":
         assert not state

@@ -1,10 +1,11 @@
 import json
 
 import pytest
+import torch
 
 import lrlora
 from lrlora.inject import config_of
-from tiny import bert_config, tiny_bert, train_with_trainer
+from tiny import bert_config, random_batches, tiny_bert, train_with_trainer
 
 transformers = pytest.importorskip("transformers")
 
@@ -41,3 +42,32 @@ def test_trainer_without_callback_cannot_export(tmp_path):
     train_with_trainer(model, tmp_path / "out", max_steps=2, use_cpu=True)
     with pytest.raises(lrlora.ControllerNotSteppedError, match="LRLoRACallback"):
         lrlora.export_peft(model, tmp_path / "peft")
+
+
+def test_the_callback_steps_a_controller_built_without_the_optimizer(tmp_path):
+    from lrlora.hf import LRLoRACallback
+
+    model = lrlora.inject(tiny_bert(), bert_config(init_rank=4))
+    controller = lrlora.RankController(model, None, total_steps=4)
+    train_with_trainer(model, tmp_path / "out", LRLoRACallback(controller=controller),
+                       max_steps=4, use_cpu=True)  # fmt: skip
+    assert controller.step_count == 4 and all(layer.hardened for layer in controller.layers)
+
+
+def test_the_callback_counts_and_logs_each_optimizer_step_once():
+    """The Trainer calls back after every optimizer step, also one the gradient scaler
+    skipped: the self-stepping controller does not count that one, nor is it logged."""
+    from lrlora.hf import LRLoRACallback
+
+    model = lrlora.inject(tiny_bert(), bert_config())
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=4)
+    callback = LRLoRACallback(log_every=1, controller=controller)
+    for skipped, (tokens, labels) in zip([False, True, False], random_batches(3), strict=True):
+        model(tokens, labels=labels).loss.backward()
+        if not skipped:
+            optimizer.step()
+        callback.on_optimizer_step(None, None, None)
+        optimizer.zero_grad()
+    assert controller.step_count == 2
+    assert [point["step"] for point in callback.trajectory] == [1, 2]

@@ -1,26 +1,31 @@
 """The rank controller: temperature and budget schedules, projection or penalty, hardening.
 
-Use it from any training loop; the only contract is one ``step()`` per optimizer step::
+Use it from any training loop. Built with the optimizer, it hooks it: the rank update runs
+just before each ``optimizer.step()`` and the controller's own ``step()`` just after it::
 
     controller = lrlora.RankController(model, optimizer, total_steps=1000)
     for batch in loader:
         loss = model(**batch).loss
         loss.backward()
-        optimizer.step()
-        controller.step()        # after optimizer.step(), once per optimizer step
+        optimizer.step()         # also steps the controller
         optimizer.zero_grad()
     controller.harden()          # fixes the ranks; export after this
 
-Gradient accumulation is harmless: the rank cost is applied once per optimizer step
-(the penalty through an optimizer pre-step hook, the budget by projection in ``step``).
+The controller counts the optimizer steps that ran: a loop that also calls
+``controller.step()`` after ``optimizer.step()`` is not counted twice, and a step the
+optimizer skipped (an AMP ``GradScaler``'s, on inf gradients) is not counted at all.
+Built without an optimizer, it advances only by ``controller.step()``, one call per
+optimizer step. Gradient accumulation is harmless: the rank cost is applied once per
+optimizer step (the penalty in the pre-step hook, the budget by projection in ``step``).
 
 Data-parallel training: under DDP rho's gradient is averaged with the others; FSDP2
 cannot shard the 0-dim rho, so it is left out of ``fully_shard`` (``ignored_params``) and
 the controller averages its gradient in an optimizer pre-step hook. Either way every
-process computes the same rho, tau and allowance (DESIGN.md property 8), and ``step``
-checks it: under ``torch.distributed`` it compares them across processes and raises
-:class:`ReplicaMismatchError` if any differ. Re-balancing and hardening need the whole
-A and B, which FSDP2 shards: under FSDP2 they refuse (harden a gathered, unsharded copy).
+process steps its optimizer, and so its controller, alike and computes the same rho, tau
+and allowance (DESIGN.md property 8), and ``step`` checks it: under ``torch.distributed``
+it compares them across processes and raises :class:`ReplicaMismatchError` if any differ.
+Re-balancing and hardening need the whole A and B, which FSDP2 shards: under FSDP2 they
+refuse (harden a gathered, unsharded copy).
 """
 
 from __future__ import annotations
@@ -82,8 +87,10 @@ class RankController:
         model: a model with LR-LoRA adapters (see :func:`lrlora.inject`).
         optimizer: its optimizer. Needed for the shared rank update (rho is updated in a
             pre-step hook), penalty mode (the penalty is added to rho's gradient there too)
-            and re-balancing (Adam moments of the re-factored A and B are reset). Without
-            it rho is moved only by whatever optimizer holds it.
+            and re-balancing (Adam moments of the re-factored A and B are reset); the
+            controller then steps itself after each of its steps (a post-step hook). Without
+            it rho is moved only by whatever optimizer holds it, and the training loop calls
+            :meth:`step` after every optimizer step.
         total_steps: the number of optimizer steps the run will take.
     """
 
@@ -116,6 +123,7 @@ class RankController:
         self._rank_m: torch.Tensor | None = None  # shared rank update: first moments (L,)
         self._rank_v: torch.Tensor | None = None  # and the one second moment all layers share
         self._rank_t = 0
+        self._optimizer_stepped = False  # set by the post-step hook, cleared by step()
         self._handles = self._hook(optimizer) if optimizer is not None else []
         if self.config.rank_signal == "sensitivity":  # the layers start measuring it
             for layer in self.layers:
@@ -123,8 +131,8 @@ class RankController:
 
     # -- hooks ------------------------------------------------------------------------------
     def _hook(self, optimizer: torch.optim.Optimizer) -> list[Any]:
-        """Register the pre-step work on ``optimizer`` (at most one controller per optimizer);
-        returns the handles :meth:`close` removes."""
+        """Register the pre-step work and the post-step :meth:`step` on ``optimizer`` (at
+        most one controller per optimizer); returns the handles :meth:`close` removes."""
         if optimizer in _CLAIMED:
             raise ValueError(
                 "this optimizer already drives a RankController: a second one would apply the "
@@ -137,12 +145,19 @@ class RankController:
         if self.config.rank_update == "shared":
             work.append(self.update_ranks)
         handles = [optimizer.register_step_pre_hook(lambda *_, f=f: f()) for f in work]
+        handles.append(optimizer.register_step_post_hook(lambda *_: self._after_optimizer_step()))
         _CLAIMED.add(optimizer)
         return handles
 
+    def _after_optimizer_step(self) -> None:
+        """The post-step hook: the optimizer has stepped, so the controller steps."""
+        self._optimizer_stepped = True
+        self.step()
+
     def close(self) -> None:
         """Remove this controller's optimizer hooks and release the optimizer for another
-        controller; the ranks and the controller's state stay as they are."""
+        controller; the ranks and the controller's state stay as they are, and from then on
+        it advances only by :meth:`step`."""
         for handle in self._handles:
             handle.remove()
         for layer in self.layers:
@@ -380,8 +395,20 @@ class RankController:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Call once after every ``optimizer.step()``. At ``harden_at`` of training the
-        ranks are hardened; from then on only the step count moves."""
+        """Advance one optimizer step: anneal tau, project rho onto the allowance, re-balance
+        when due. At ``harden_at`` of training the ranks are hardened; from then on only the
+        step count moves.
+
+        While the controller hooks an optimizer, it advances only if that optimizer has
+        stepped since it last advanced. Its post-step hook calls this after every
+        ``optimizer.step()`` that ran, so a call from the training loop (after
+        ``optimizer.step()``, as the Trainer callback makes) does nothing, and a step the
+        optimizer skipped is not counted. Without an optimizer, or after :meth:`close`,
+        every call advances."""
+        if self._handles:  # hooked: only an optimizer step advances the controller
+            if not self._optimizer_stepped:
+                return
+            self._optimizer_stepped = False
         self.step_count += 1
         if self.hardened:
             self._fill([layer.steps for layer in self.layers], self.step_count)
@@ -527,9 +554,10 @@ class RankController:
         self._refuse_sharded("hardening")
         if self.step_count == 0:
             raise ControllerNotSteppedError(
-                "the RankController was never stepped, so no rank was learned: call "
-                "controller.step() after every optimizer.step() (or add "
-                "lrlora.hf.LRLoRACallback to the Trainer) before hardening or exporting."
+                "the RankController was never stepped, so no rank was learned: train with the "
+                "optimizer it was built with (it steps after every optimizer.step()), or, built "
+                "without one, call controller.step() after every optimizer step (with the "
+                "Trainer, add lrlora.hf.LRLoRACallback) before hardening or exporting."
             )
         ranks = [layer.current_hard_rank() for layer in self.layers]
         if self.config.rank_mode == "budget":

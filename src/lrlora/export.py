@@ -235,7 +235,8 @@ def _require_hardened(model: nn.Module) -> list[tuple[str, LRLoRALinear]]:
         if all(int(layer.steps) == 0 for _, layer in layers):
             raise ControllerNotSteppedError(
                 "the adapter's ranks were never learned: the RankController was never stepped. "
-                "Call controller.step() after every optimizer step (or use "
+                "Train with the optimizer it was built with (it steps after every "
+                "optimizer.step()), or call controller.step() after every optimizer step (or use "
                 "lrlora.hf.LRLoRACallback), then controller.harden() before exporting."
             )
         raise ValueError(

@@ -11,9 +11,12 @@ from .controller import RankController
 
 
 class LRLoRACallback(TrainerCallback):
-    """Creates the :class:`RankController` when training starts, steps it after every
-    optimizer step (so gradient accumulation does not multiply the rank cost) and hardens
-    the ranks when training ends.
+    """Creates the :class:`RankController` when training starts, sees that it steps once
+    per optimizer step (so gradient accumulation does not multiply the rank cost) and
+    hardens the ranks when training ends. A controller on the Trainer's optimizer steps
+    itself from its post-step hook (a step the gradient scaler skipped is not counted) and
+    the callback's ``step()`` then does nothing; one built without the optimizer is stepped
+    by that call.
 
     The rank parameters need their own learning rate (by default the controller updates
     them itself, at the rate of the optimizer group marked as the rank group, else at
@@ -42,6 +45,7 @@ class LRLoRACallback(TrainerCallback):
         self.harden_at_end = harden_at_end
         self.log_every = log_every
         self.trajectory: list[dict[str, Any]] = []
+        self._logged_step = 0  # the controller step of the last trajectory point
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         from accelerate.optimizer import AcceleratedOptimizer
@@ -54,9 +58,12 @@ class LRLoRACallback(TrainerCallback):
             check_reusable(self.controller, optimizer, state.max_steps)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.controller.step()
-        if self.log_every and self.controller.step_count % self.log_every == 0:
+        self.controller.step()  # a no-op when the optimizer's hook has stepped it
+        step = self.controller.step_count
+        # After a skipped optimizer step the controller's count has not moved: log it once.
+        if self.log_every and step % self.log_every == 0 and step != self._logged_step:
             self.trajectory.append(snapshot(self.controller))
+            self._logged_step = step
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.harden_at_end:

@@ -68,8 +68,7 @@ def run(
         loss = (student(x) - teacher(x)).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
-        controller.step()
+        optimizer.step()  # also steps the controller
     controller.harden()
     rows = rank_report(student, show=show)
     if show:

@@ -350,7 +350,8 @@ def _lr_lora_student(
             layer.current_hard_rank() * layer.cost_per_rank for _, layer in lora_layers(model)
         )
 
-    return Student(model, optimizer, lambda step: controller.step(), finish, params)
+    # Nothing after the optimizer step: the controller steps itself from its post-step hook.
+    return Student(model, optimizer, lambda step: None, finish, params)
 
 
 def _peft_student(

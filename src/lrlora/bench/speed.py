@@ -234,7 +234,7 @@ def _lrlora(model: nn.Module, args: SpeedArgs, targets: list[str], heads: list[s
     model = inject(model, config)
     optimizer = torch.optim.AdamW(optimizer_groups(model, args.lr), lr=args.lr)
     controller = RankController(model, optimizer, total_steps=args.total_steps)
-    return Variant(model, optimizer, controller.step, controller=controller)
+    return Variant(model, optimizer, controller=controller)  # it steps inside optimizer.step()
 
 
 REBALANCE_EVERY_IF_ON = 50

@@ -27,6 +27,7 @@ GENERATED = (
     "docs/RESULTS-r*.md",
     "docs/RESULTS-commonsense*.md",
     "docs/RESULTS-planted.md",
+    "docs/RESULTS-long.md",
     "docs/ABLATIONS.md",
     "docs/ABLATIONS-gpu.md",
     "docs/PERFORMANCE.md",

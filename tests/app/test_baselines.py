@@ -6,6 +6,7 @@ import torch
 pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
+from lrlora.app.allocation import hand_ranks  # noqa: E402
 from lrlora.app.baselines import (  # noqa: E402
     adalora_step,
     adapter_param_counts,
@@ -13,6 +14,7 @@ from lrlora.app.baselines import (  # noqa: E402
     lora_budget_params,
     make_peft_model,
     peft_callbacks,
+    target_layers,
 )
 
 H, LAYERS, CLASSES = 32, 2, 2
@@ -20,12 +22,12 @@ TARGETS = ["query", "value"]  # 2 per layer, each 32 -> 32
 HEAD = H * CLASSES + CLASSES  # classifier weight + bias
 
 
-def tiny_bert():
+def tiny_bert(layers=LAYERS):
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=100,
         hidden_size=H,
-        num_hidden_layers=LAYERS,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=32,
@@ -102,6 +104,27 @@ def test_lora_dora_train_and_count(method):
     ranks = final_ranks(peft_model, method)
     assert ranks["bert.encoder.layer.1.attention.self.value"] == 4
     assert len(ranks) == LAYERS * 2 and set(ranks.values()) == {4}
+
+
+def test_hand_allocation_is_lora_with_its_ranks_at_lora_scaling():
+    """peft's rank_pattern holds the hand ranks, the count is the budget, every layer's
+    scaling is LoRA's (alpha / r = 2), and layers at rank 0 get no adapter."""
+    targets = ["query", "key", "value", "attention.output.dense", "intermediate.dense",
+               "output.dense"]  # fmt: skip
+    model = tiny_bert(layers=3)  # ranks 0, 1, 2 by block at budget rank 1
+    budget = lora_budget_params(model, targets, 1)
+    planned = hand_ranks(target_layers(model, targets), budget)
+    peft_model = make_peft_model(model, "hand", 1, targets, modules_to_save=["classifier"],
+                                 task_type="SEQ_CLS", seed=0)  # fmt: skip
+    kept = {name: rank for name, rank in planned.items() if rank > 0}
+    assert final_ranks(peft_model, "hand") == kept and len(kept) < len(planned)
+    counts = adapter_param_counts(peft_model, "hand")
+    assert counts["adapter"] == budget and counts["extras"] == 0
+    for name, rank in kept.items():
+        layer = peft_model.get_base_model().get_submodule(name)
+        assert layer.scaling["default"] == 2.0 and layer.r["default"] == rank
+    losses = train(peft_model, 10)
+    assert losses[-1] < losses[0]
 
 
 def test_dora_on_conv1d():

@@ -26,7 +26,7 @@ from .tasks.causal import COMMONSENSE, EVAL_MODES, CommonsenseTask
 from .tasks.commonsense import COMMONSENSE_TASKS
 from .tasks.sequence import ClassificationTask
 
-METHODS = ("lr-lora", "lora", "adalora", "dora")
+METHODS = ("lr-lora", "lora", "adalora", "dora", "hand")
 DEFAULT_MAX_STEPS = ClassificationTask.default_max_steps
 UNRESOLVED_TARGETS = ["<the model's default targets>"]
 """Stands in for the target modules in the config checked before the model is loaded."""
@@ -72,7 +72,8 @@ class TrainArgs:
         choices=(*TASKS, COMMONSENSE),
     )
     method: str = field_help(
-        "'lr-lora' (learned ranks) or a peft baseline: 'lora', 'adalora', 'dora'.",
+        "'lr-lora' (learned ranks) or a peft baseline: 'lora', 'adalora', 'dora', or 'hand' "
+        "(LoRA with a fixed rank per layer growing with depth, twice as much for the MLP).",
         "lr-lora",
         choices=METHODS,
     )
@@ -107,8 +108,8 @@ class TrainArgs:
     )
     alpha: float | None = field_help(
         "LoRA alpha for every method. Default: 2 x budget_rank (AdaLoRA: 2 x its initial "
-        "rank), a scaling of 2 for the baselines; LR-LoRA divides by --scaling's rank "
-        "(default R: a scaling of 1 at R = 2 x budget_rank)."
+        "rank; hand: 2 x each layer's rank), a scaling of 2 for the baselines; LR-LoRA "
+        "divides by --scaling's rank (default R: a scaling of 1 at R = 2 x budget_rank)."
     )
     dropout: float = field_help("Dropout on the adapters' input (every method).", 0.0)
     lr: float = field_help("Learning rate of adapters and head (every method).", 1e-3)

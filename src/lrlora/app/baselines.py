@@ -1,4 +1,5 @@
-"""LoRA, AdaLoRA and DoRA through the peft library, at a parameter budget matched to LR-LoRA.
+"""LoRA, AdaLoRA, DoRA and the hand allocation through the peft library, at a parameter
+budget matched to LR-LoRA.
 
 The budget is "LoRA at rank r on the same target modules": ``r * (d_in + d_out)`` summed
 over the adapted layers (``lora_budget_params``).
@@ -9,11 +10,15 @@ over the adapted layers (``lora_budget_params``).
 - AdaLoRA: ``W0 x + (alpha / init_r) P diag(E) Q x`` with ``init_r = ceil(1.5 * budget_rank)``
            triplets per layer, pruned by importance on a cubic schedule down to
            ``target_r = budget_rank`` triplets per layer on average (paper: Zhang et al. 2023).
+- hand:    LoRA with a fixed rank r_l per layer (:mod:`lrlora.app.allocation`: growing with
+           depth, more for the MLP) costing the budget: peft's ``rank_pattern``, with an
+           ``alpha_pattern`` that gives every layer LoRA's scaling.
 
 Default ``lora_alpha``: the scaling peft applies is 2 for every method, i.e.
-``lora_alpha = 2 * budget_rank`` for LoRA and DoRA. AdaLoRA divides by its initial rank
-``init_r`` (peft's ``ranknum``), not by the budget rank, so its default is
-``lora_alpha = 2 * init_r`` to give the same scaling of 2.
+``lora_alpha = 2 * budget_rank`` for LoRA and DoRA and ``2 * r_l`` for each layer of the hand
+allocation (a given ``lora_alpha`` sets its scaling to ``lora_alpha / budget_rank``). AdaLoRA
+divides by its initial rank ``init_r`` (peft's ``ranknum``), not by the budget rank, so its
+default is ``lora_alpha = 2 * init_r`` to give the same scaling of 2.
 
 AdaLoRA only prunes if ``update_and_allocate`` runs after every optimizer step, before the
 gradients are zeroed (its importance scores are ``|p * grad|``): call ``adalora_step`` in a
@@ -25,6 +30,7 @@ peft and transformers are imported inside the functions; importing this module n
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -33,8 +39,9 @@ from torch import nn
 
 from ..inject import matches
 from ..layer import is_adaptable
+from .allocation import hand_ranks
 
-METHODS = ("lora", "adalora", "dora")
+METHODS = ("lora", "adalora", "dora", "hand")
 SCALING = 2.0  # alpha / r for every method (see module docstring)
 ADALORA_INIT_FACTOR = 1.5  # init_r = ceil(1.5 * target_r), the AdaLoRA paper's convention
 ADALORA_TINIT_FRAC = 0.1  # warm-up without pruning: first 10% of the steps
@@ -73,13 +80,11 @@ def _no_match_error(model: nn.Module, target_modules: list[str] | str) -> ValueE
     )
 
 
-def lora_budget_params(model: nn.Module, target_modules: list[str] | str, rank: int) -> int:
-    """Adapter parameters of LoRA at rank ``rank``: ``sum_l rank * (d_in_l + d_out_l)``.
-
-    Sums over the Linear / transformers Conv1D layers whose name matches ``target_modules``
-    with peft's rules (a str is a regex that must match the full name; a list entry matches
-    the full name or a dotted suffix). Other matched module types are ignored.
-    """
+def target_layers(model: nn.Module, target_modules: list[str] | str) -> dict[str, tuple[int, int]]:
+    """(d_in, d_out) of every Linear / transformers Conv1D layer whose name matches
+    ``target_modules`` with peft's rules (a str is a regex that must match the full name; a
+    list entry matches the full name or a dotted suffix), by name. Other matched module types
+    are ignored; a target that matches nothing is an error naming the closest layers."""
     layers = {
         name: _layer_dims(module)
         for name, module in model.named_modules()
@@ -91,6 +96,13 @@ def lora_budget_params(model: nn.Module, target_modules: list[str] | str, rank: 
         unmatched = [t for t in target_modules if not any(matches(n, [t]) for n in layers)]
         if unmatched:
             raise _no_match_error(model, unmatched)
+    return layers
+
+
+def lora_budget_params(model: nn.Module, target_modules: list[str] | str, rank: int) -> int:
+    """Adapter parameters of LoRA at rank ``rank``: ``sum_l rank * (d_in_l + d_out_l)`` over
+    the :func:`target_layers`."""
+    layers = target_layers(model, target_modules)
     for name, (d_in, d_out) in layers.items():
         if rank > min(d_in, d_out):
             raise ValueError(
@@ -119,6 +131,8 @@ def _peft_config(
 ) -> Any:
     from peft import AdaLoraConfig, LoraConfig
 
+    if method == "hand":
+        return _hand_config(budget_rank, lora_alpha, **common)
     if method != "adalora":
         alpha = SCALING * budget_rank if lora_alpha is None else lora_alpha
         return LoraConfig(r=budget_rank, lora_alpha=alpha, use_dora=method == "dora", **common)
@@ -142,6 +156,25 @@ def _peft_config(
     )
 
 
+def _hand_config(
+    budget_rank: int, lora_alpha: float | None, ranks: dict[str, int], **common: Any
+) -> Any:
+    """LoRA with ``ranks`` per layer (layers at rank 0 are left out), each at the scaling
+    of LoRA at the budget rank."""
+    from peft import LoraConfig
+
+    scaling = SCALING if lora_alpha is None else lora_alpha / budget_rank
+    kept = {name: rank for name, rank in ranks.items() if rank > 0}
+    top = max(kept.values())
+    return LoraConfig(
+        **{**common, "target_modules": list(kept)},
+        r=top,
+        lora_alpha=scaling * top,
+        rank_pattern={re.escape(name): rank for name, rank in kept.items()},
+        alpha_pattern={re.escape(name): scaling * rank for name, rank in kept.items()},
+    )
+
+
 def make_peft_model(
     model: nn.Module,
     method: str,
@@ -156,11 +189,12 @@ def make_peft_model(
     seed: int | None = None,
     orth_reg_weight: float = ADALORA_ORTH_REG_WEIGHT,
 ) -> Any:
-    """Wrap ``model`` (modified in place) in a peft LoRA / AdaLoRA / DoRA model.
+    """Wrap ``model`` (modified in place) in a peft LoRA / AdaLoRA / DoRA / hand model.
 
     Args:
         method: one of ``METHODS``.
-        budget_rank: LoRA/DoRA rank; AdaLoRA's ``target_r`` (its ``init_r`` is 1.5x).
+        budget_rank: LoRA/DoRA rank; AdaLoRA's ``target_r`` (its ``init_r`` is 1.5x); the
+            hand allocation's budget, ``lora_budget_params`` at this rank.
         target_modules: peft target_modules (list of names/suffixes, or one regex).
         modules_to_save: modules trained fully, e.g. ``["classifier"]``.
         total_steps: optimizer steps of the run; required for AdaLoRA.
@@ -176,7 +210,10 @@ def make_peft_model(
     from peft import get_peft_model
 
     _check_method(method)
-    lora_budget_params(model, target_modules, budget_rank)  # clear error on a bad target
+    budget = lora_budget_params(model, target_modules, budget_rank)  # errors on a bad target
+    hand = {}
+    if method == "hand":
+        hand["ranks"] = hand_ranks(target_layers(model, target_modules), budget)
     if method == "adalora" and task_type is None and orth_reg_weight > 0:
         warnings.warn(
             "AdaLoRA with task_type=None: peft skips its orthogonality regularisation; "
@@ -193,6 +230,7 @@ def make_peft_model(
         lora_dropout=lora_dropout,
         modules_to_save=list(modules_to_save) if modules_to_save else None,
         task_type=task_type,
+        **hand,
     )
     if seed is not None:
         torch.manual_seed(seed)

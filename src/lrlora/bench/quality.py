@@ -2,7 +2,9 @@
 
 For each task in turn: run the pending learning-rate tuning runs, choose each method's
 rate (:mod:`lrlora.bench.plan`), run the pending final runs, regenerate the report
-(:mod:`lrlora.bench.results_md`). Every run is one :func:`lrlora.train.train` call and one
+(:mod:`lrlora.bench.results_md`). A suite of stages (glue-long) does this for each stage in
+turn, each a matrix at its own budget rank, and writes its own report
+(:mod:`lrlora.bench.long_md`). Every run is one :func:`lrlora.train.train` call and one
 result JSON, written atomically once the run has finished; a rerun skips every run whose
 result parses, so an interrupted matrix resumes where it stopped. A finished result is
 never replaced unless ``--force``. Run directories go to ``benchmarks/runs/`` (not kept
@@ -28,7 +30,7 @@ from ..app.tasks.causal import EVAL_SUBSET_SEED, evaluate
 from ..app.tasks.data import resolve_data_dir
 from ..app.train import METHODS, NonFiniteLossError, TrainArgs, train
 from ..util import field_help, versions, write_json_atomic
-from . import planted_suite
+from . import long_md, planted_suite
 from .plan import (
     FINAL,
     LR_CHOICE_FILE,
@@ -54,7 +56,9 @@ class BenchArgs:
     """Everything ``lrlora bench`` depends on; the CLI flags are generated from it."""
 
     suite: str = field_help(
-        "Benchmark suite ('planted': the planted-rank proving ground, docs/RESULTS-planted.md).",
+        "Benchmark suite ('glue-long': GLUE trained for epochs at budget ranks 1, 2 and 8, "
+        "docs/RESULTS-long.md; 'planted': the planted-rank proving ground, "
+        "docs/RESULTS-planted.md).",
         "glue",
         choices=(*SUITES, "planted"),
     )
@@ -64,7 +68,13 @@ class BenchArgs:
         "lr-lora+rebalance_every=50). Default: all of the suite's."
     )
     seeds: list[int] | None = field_help("Seeds of the final runs. Default: 0 1 2 (quick: 0).")
-    budget_rank: int = field_help("Budget rank shared by every method (2, 4 or 8).", 4)
+    budget_rank: int | None = field_help(
+        "Budget rank shared by every method. Default: the suite's (glue: 4); glue-long runs "
+        "its budget ranks 1, 2 and 8 in turn, or only this one."
+    )
+    premise: bool = field_help(
+        "glue-long: run only the premise check's runs (LoRA at budget ranks 1 and 8).", False
+    )
     quick: bool = field_help(
         "Tiny sizes (2 tasks, 1 seed, 1 learning rate, a dozen steps, 48 evaluation rows) "
         "into benchmarks/results-quick/; docs/ is left alone unless --docs-dir is given.",
@@ -95,13 +105,42 @@ class BenchArgs:
         if self.suite == "planted":  # ValueError naming a bad pattern or method
             planted_suite.plan_runs(self.tasks or [], self.methods or [], self.seeds or [0])
         else:
-            self.matrix()  # ValueError naming the unknown suite, task or method
+            self.matrices()  # ValueError naming the unknown suite, task, method or budget
+
+    @property
+    def base(self) -> Matrix:
+        suite = get_suite(self.suite)
+        return suite.quick if self.quick else suite.full
 
     def matrix(self) -> Matrix:
-        """What this invocation runs: the suite's matrix narrowed by the flags."""
+        """The suite's matrix narrowed by the flags (a suite of stages: at its own budget
+        rank, every method; what runs is :meth:`matrices`)."""
+        return self.base.select(self.tasks, self.methods, self.seeds, self.budget_rank)
+
+    def matrices(self) -> list[tuple[str, Matrix]]:
+        """What this invocation runs, in order, each with a title: the suite's matrix
+        narrowed by the flags, or for a suite of stages each stage's (with --budget-rank
+        those at that rank, with --premise those of the premise)."""
         suite = get_suite(self.suite)
-        base = suite.quick if self.quick else suite.full
-        return base.select(self.tasks, self.methods, self.seeds, self.budget_rank)
+        if not suite.stages:
+            if self.premise:
+                raise ValueError(f"--premise is for glue-long; {self.suite} has no premise check")
+            return [(suite.name, self.matrix())]
+        if self.budget_rank not in (None, *suite.budget_ranks):
+            raise ValueError(
+                f"{self.suite} runs budget ranks {list(suite.budget_ranks)}; "
+                f"--budget-rank {self.budget_rank} is none of them"
+            )
+        self.base.select(self.tasks, self.methods)  # ValueError naming a task or method
+        found = []
+        for stage in suite.chosen_stages(self.budget_rank, self.premise):
+            methods = [m for m in stage.methods if m in (self.methods or stage.methods)]
+            if methods:
+                matrix = self.base.select(self.tasks, methods, self.seeds, stage.budget_rank)
+                found.append((stage.title, matrix))
+        if not found:
+            raise ValueError(f"{self.suite} runs none of {self.methods} at these budget ranks")
+        return found
 
     def companions(self) -> dict[str, BenchPlan]:
         """Title -> plan of each suite the report summarises after its own."""
@@ -114,15 +153,30 @@ class BenchArgs:
 
     def budget_plans(self) -> dict[int, BenchPlan]:
         """Budget rank -> plan of the report's matrix at that rank, for each of its
-        ``budgets`` (empty if it names none)."""
+        ``budgets`` (empty if it names none); for a suite of stages, at each stage's budget
+        rank with the methods its stages run there."""
+        suite, results = get_suite(self.suite), self.results_path
+        if suite.stages:
+            return {r: build_plan(self.base.select(methods=list(suite.methods_at(r)),
+                                                   budget_rank=r), results)
+                    for r in suite.budget_ranks}  # fmt: skip
         m = self.report_matrix()
-        return {r: build_plan(m.select(budget_rank=r), self.results_path) for r in m.budgets}
+        return {r: build_plan(m.select(budget_rank=r), results) for r in m.budgets}
 
     def report_matrix(self) -> Matrix:
         """What the report covers: the whole suite at this budget rank, so that a process
         running a few tasks or methods does not shrink the report to them."""
-        suite = get_suite(self.suite)
-        return (suite.quick if self.quick else suite.full).select(budget_rank=self.budget_rank)
+        return self.base.select(budget_rank=self.budget_rank)
+
+    def write_report(self) -> Path:
+        """The suite's report from every result so far (whatever part of it ran)."""
+        if get_suite(self.suite).stages:
+            path = self.docs_path / f"{self.base.report_name}.md"
+            return long_md.write_report(self.budget_plans(), path, command_line())
+        plan = build_plan(self.report_matrix(), self.results_path)
+        return write_report(
+            plan, self.docs_path, command_line(), self.companions(), self.budget_plans()
+        )
 
     def _default(self, given: str | None, full: str, quick: str) -> Path:
         return Path(given or (quick if self.quick else full))
@@ -334,35 +388,41 @@ def _zero_shot(matrix: Matrix, task: str, args: BenchArgs, score_base: Callable)
 def run_matrix(
     args: BenchArgs, execute: Executor | None = None, score_base: Callable | None = None
 ) -> list[str]:
-    """Run every pending run, task by task (the base model's zero-shot score where the
-    matrix asks for it, tuning, then final); the report is rewritten after each task that
-    ran something. Returns the ids of runs that failed (they stay pending)."""
-    matrix = args.matrix()
+    """Run every pending run, matrix by matrix (stage by stage) and task by task (the base
+    model's zero-shot score where the matrix asks for it, tuning, then final); the report is
+    rewritten after each task that ran something. Returns the ids of runs that failed (they
+    stay pending)."""
     execute = execute or (lambda spec, plan: train_run(spec, plan, args))
     score_base = score_base or (lambda m, task: zero_shot_record(m, task, args))
     failed: list[str] = []
-    for task in matrix.tasks:
-        ran = _zero_shot(matrix, task, args, score_base)
-        for stage in (TUNE, FINAL):
-            plan = build_plan(matrix, args.results_path)
-            if stage == FINAL and plan.choices:
-                write_lr_choices(plan)
-            todo = plan.pending(stage, task)
-            if args.force:
-                todo = [s for s in plan.runs if s.stage == stage and s.task == task]
-            failed += _run_all(todo, plan, execute, args.force)
-            ran += len(todo)
-        if ran:
-            report = build_plan(args.report_matrix(), args.results_path)
-            write_report(
-                report, args.docs_path, command_line(), args.companions(), args.budget_plans()
-            )
+    for _, matrix in args.matrices():
+        for task in matrix.tasks:
+            ran = _zero_shot(matrix, task, args, score_base)
+            for stage in (TUNE, FINAL):
+                plan = build_plan(matrix, args.results_path)
+                if stage == FINAL and plan.choices:
+                    write_lr_choices(plan)
+                todo = plan.pending(stage, task)
+                if args.force:
+                    todo = [s for s in plan.runs if s.stage == stage and s.task == task]
+                failed += _run_all(todo, plan, execute, args.force)
+                ran += len(todo)
+            if ran:
+                args.write_report()
     return failed
 
 
 def _estimate(plan: BenchPlan, spec: RunSpec) -> float:
     sizing = plan.matrix.sizing[spec.task]
     return sizing.run_seconds(sizing.tune_steps if spec.stage == TUNE else sizing.steps)
+
+
+def seconds_left(plan: BenchPlan) -> float:
+    """Estimated time of the runs still to make, those waiting for their rate included."""
+    m = plan.matrix
+    left = sum(_estimate(plan, s) for s in plan.pending())
+    return left + sum(len(m.seeds) * m.sizing[t].run_seconds(m.sizing[t].steps)
+                      for t, _ in plan.waiting)  # fmt: skip
 
 
 def format_plan(plan: BenchPlan) -> str:
@@ -380,8 +440,7 @@ def format_plan(plan: BenchPlan) -> str:
             for t, method in plan.waiting
             if t == task
         ]
-    left = sum(_estimate(plan, s) for s in plan.pending())
-    left += sum(len(m.seeds) * m.sizing[t].run_seconds(m.sizing[t].steps) for t, _ in plan.waiting)
+    left = seconds_left(plan)
     done = [s for s in plan.runs if s.id in plan.done]
     took = sum((plan.done[s.id].get("metrics") or {}).get("wall_time_s", 0) for s in done)
     lines.append(
@@ -394,6 +453,21 @@ def format_plan(plan: BenchPlan) -> str:
     return "\n".join(lines)
 
 
+def format_plans(args: BenchArgs) -> str:
+    """:func:`format_plan` of each matrix this invocation runs, under its title when there
+    are several, then the time left over all of them."""
+    found = [(title, build_plan(matrix, args.results_path)) for title, matrix in args.matrices()]
+    if len(found) == 1:
+        return format_plan(found[0][1])
+    parts = [f"== {title}\n{format_plan(plan)}" for title, plan in found]
+    left = sum(seconds_left(plan) for _, plan in found)
+    runs = sum(len(plan.pending()) + plan.n_waiting for _, plan in found)
+    return "\n\n".join(parts) + (
+        f"\n\nIn all: {runs} to run, about {left / 3600:.1f} h of one process "
+        f"({left / 7200:.1f} h as two with OMP_NUM_THREADS=1 and disjoint --tasks)."
+    )
+
+
 def run_bench(args: BenchArgs) -> int:
     """``lrlora bench``: dry run, report only, or run the matrix and report; the exit
     status is 1 if any run failed."""
@@ -404,14 +478,10 @@ def run_bench(args: BenchArgs) -> int:
             model=args.model, dry_run=args.dry_run, report_only=args.report_only, force=args.force,
         )  # fmt: skip
     if args.dry_run:
-        print(format_plan(build_plan(args.matrix(), args.results_path)))
+        print(format_plans(args))
         return 0
     failed = [] if args.report_only else run_matrix(args)
-    plan = build_plan(args.report_matrix(), args.results_path)
-    report = write_report(
-        plan, args.docs_path, command_line(), args.companions(), args.budget_plans()
-    )
-    print(f"\nreport: {report}")
+    print(f"\nreport: {args.write_report()}")
     if failed:
         print(f"{len(failed)} run(s) failed and stay pending: {', '.join(failed)}")
     return 1 if failed else 0

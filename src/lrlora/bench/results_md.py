@@ -240,7 +240,8 @@ def _lr_section(plan: BenchPlan) -> list[str]:
     return lines
 
 
-def _cell_text(cell: agg.Cell) -> str:
+def cell_text(cell: agg.Cell) -> str:
+    """Mean ± std, then the seeds finished and the parameters in small type."""
     if cell.mean is None:
         return DASH
     std = f" ± {cell.std:.2f}" if cell.std is not None else ""
@@ -271,7 +272,7 @@ def _score_table(plan: BenchPlan, table: dict) -> list[str]:
         columns.append(f"All {len(m.tasks)} tasks")
     lines = _table_section("Results", intro, columns)
     for method in m.methods:
-        cells = [_cell_text(table[t, method]) for t in m.tasks] + [_num(means[method])]
+        cells = [cell_text(table[t, method]) for t in m.tasks] + [_num(means[method])]
         if every_task:
             cells.append(_num(overall[method]))
         lines.append(f"| {method} | {' | '.join(cells)} |")
@@ -318,7 +319,7 @@ def _per_seed(seeds: tuple[int, ...], cell: agg.Cell, text: Callable[[float], st
     return " / ".join(found) + (f" ({cell.diverged} diverged)" if cell.diverged else "")
 
 
-def _duel_cell(duel: agg.Duel) -> str:
+def duel_cell(duel: agg.Duel) -> str:
     """LR-LoRA's mean minus the baseline's, then the seeds won–lost–tied; "–" before both
     have a result."""
     if duel.diff is None:
@@ -340,7 +341,7 @@ def _duel_section(plan: BenchPlan, table: dict) -> list[str]:
     sentences = []
     for baseline in dict.fromkeys(d.baseline for d in found):
         mine = [d for d in found if d.baseline == baseline]
-        cells = list(map(_duel_cell, mine))
+        cells = list(map(duel_cell, mine))
         won = sum(d.diff is not None and d.diff > 0 for d in mine)
         lost = sum(d.diff is not None and d.diff < 0 for d in mine)
         compared = sum(d.diff is not None for d in mine)
@@ -421,7 +422,7 @@ def _budget_section(plan: BenchPlan, budgets: dict[int, BenchPlan] | None) -> li
             cells = [table[t, method] for t in m.tasks]
             if all(c.mean is None for c in cells):
                 continue
-            lines.append(f"| {method} | {rank} | {' | '.join(map(_cell_text, cells))} |")
+            lines.append(f"| {method} | {rank} | {' | '.join(map(cell_text, cells))} |")
             for c in cells:
                 if c.mean is not None:
                     means[c.task].append(c.mean)
@@ -440,7 +441,7 @@ def _budget_section(plan: BenchPlan, budgets: dict[int, BenchPlan] | None) -> li
             mine = [d for d in found if d.baseline == baseline]
             if all(d.diff is None for d in mine):
                 continue
-            cells = list(map(_duel_cell, mine))
+            cells = list(map(duel_cell, mine))
             duel_rows.append(f"| {baseline} | {rank} | {' | '.join(cells)} |")
     if duel_rows:
         lines += ["", "LR-LoRA's mean minus the baseline's at each budget (seeds "

@@ -37,11 +37,40 @@ accuracy-F1 mean (the other two 74.71 and 75.35), and the dev scores stay within
 points of it; RTE stays at chance (47-54). The design's prototype reached MRPC 81-82
 with 400 steps of batch 32, 8x the examples of a run here; giving MRPC and RTE that
 much is the first thing to change when more time is available.
+
+GLUE-long sizing (``glue-long``; provisional until the premise check has run). The glue
+sizing is too short for rank to matter, so this suite trains the small tasks for whole
+epochs at a low budget, as the AdaLoRA paper did (RTE 50 epochs, MRPC 30, STS-B 25 at an
+average rank of 2): here SST-2 1 epoch and MRPC, RTE and STS-B 10 (:data:`GLUE_LONG_EPOCHS`,
+the one place to change them), batch 32, sequences up to 128 tokens (SST-2 64), every
+method of a task at the same steps. A step of batch 32 is one optimizer step; an epoch is
+``ceil(rows / 32)`` steps, as ``lrlora train --epochs`` counts it. MiniLM trains about 1.3
+steps/s at batch 32 with 2 threads, and about half that in each of two single-threaded
+processes side by side, so ``step_s`` = 2 / 1.3 = 1.54 s (one speed for every task; pairs
+pad longer than SST-2's sentences, so MRPC, RTE and STS-B may well be slower; ``--dry-run``
+sets the finished runs' time against the estimate). Tuning runs are half as long and hold
+out the glue suite's validation slices::
+
+    task  rows    epochs steps tune  final run (s)           tuning run (s)       3 + 3 runs
+    sst2  67,349   1     2,105 1,052 10+2105*1.54+30 = 3278  10+1052*1.54+30 = 1658  4.1 h
+    mrpc   3,668  10     1,150   575 10+1150*1.54+25 = 1804  10+575*1.54+25  =  920  2.3 h
+    rte    2,490  10       780   390 10+780*1.54+30  = 1240  10+390*1.54+30  =  640  1.6 h
+    stsb   5,749  10     1,800   900 10+1800*1.54+60 = 2839  10+900*1.54+60  = 1455  3.6 h
+                                  one method at one budget rank, the 4 tasks: 11.5 h
+
+(3 tuning runs = the 3 rates of the grid, seed 0; 3 final runs = seeds 0, 1, 2.) The suite
+is 9 (method, budget) cells, run in this order (:data:`GLUE_LONG_STAGES`): the premise,
+LoRA at budget ranks 1 and 8 (2 cells, 23 h of one process, 11.5 h as two); every method at
+budget rank 2 (4 cells, 46 h; 23 h as two); AdaLoRA, LR-LoRA and the hand allocation at
+budget rank 1 (3 cells, 35 h; 17 h as two): about 104 h of one process in all, 52 h as two.
+Whether to go on after the premise is what the premise check decides
+(:mod:`lrlora.bench.long_md`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from ..app.tasks.commonsense import COMMONSENSE_TASKS
@@ -173,11 +202,42 @@ class Matrix:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """Runs a suite makes in turn: ``methods`` at ``budget_rank``."""
+
+    title: str
+    budget_rank: int
+    methods: tuple[str, ...]
+    premise: bool = False
+    """Part of the premise check, run first (``lrlora bench --premise``)."""
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     full: Matrix
     quick: Matrix
     description: str = ""
+    stages: tuple[Stage, ...] = ()
+    """A suite that runs several budget ranks, each with its own methods: the order they
+    run in (each run belongs to one stage). Empty: one budget rank, every method."""
+
+    @property
+    def budget_ranks(self) -> tuple[int, ...]:
+        """The budget ranks of the stages, in ascending order."""
+        return tuple(sorted({stage.budget_rank for stage in self.stages}))
+
+    def chosen_stages(self, budget_rank: int | None, premise: bool) -> list[Stage]:
+        """The stages at ``budget_rank`` (None: at every one), only the premise's if
+        ``premise``."""
+        return [s for s in self.stages if (s.premise or not premise)
+                and budget_rank in (None, s.budget_rank)]  # fmt: skip
+
+    def methods_at(self, budget_rank: int) -> tuple[str, ...]:
+        """The methods the stages run at ``budget_rank``, in the matrix's order."""
+        found = {m for stage in self.stages if stage.budget_rank == budget_rank
+                 for m in stage.methods}  # fmt: skip
+        return tuple(m for m in self.full.methods if m in found)
 
 
 _METHODS = ("lora", "adalora", "dora", "lr-lora")
@@ -219,6 +279,47 @@ GLUE_QUICK_SIZING = {
         TaskSizing("stsb", 12, 6, 8, 64, 0.05, 200, 48, step_s=0.15, eval_s=1),
     )
 }
+
+GLUE_TRAIN_ROWS = {"sst2": 67_349, "mrpc": 3_668, "rte": 2_490, "stsb": 5_749}
+"""Rows of each GLUE training split as the data directory holds them."""
+GLUE_LONG_EPOCHS = {"sst2": 1, "mrpc": 10, "rte": 10, "stsb": 10}
+"""Passes over the training split per final run of the glue-long suite (provisional)."""
+GLUE_LONG_BATCH = 32
+GLUE_LONG_STEP_S = 2 / 1.3
+"""Seconds per step of batch 32 of one single-threaded process beside another."""
+
+
+def epoch_steps(rows: int, epochs: float, batch_size: int) -> int:
+    """Optimizer steps of ``epochs`` passes over ``rows`` at ``batch_size``, counted as
+    ``lrlora train --epochs`` counts them (the last batch of a pass may be short)."""
+    return max(1, math.ceil(epochs * math.ceil(rows / batch_size)))
+
+
+def _long_sizing(task: str) -> TaskSizing:
+    """A glue-long task: its epochs at batch 32, the glue suite's sequence length,
+    validation slice and evaluation time; tuning runs half as long."""
+    glue = GLUE_SIZING[task]
+    steps = epoch_steps(GLUE_TRAIN_ROWS[task], GLUE_LONG_EPOCHS[task], GLUE_LONG_BATCH)
+    return TaskSizing(task, steps, steps // 2, GLUE_LONG_BATCH, glue.max_length,
+                      glue.val_fraction, step_s=GLUE_LONG_STEP_S, eval_s=glue.eval_s)  # fmt: skip
+
+
+GLUE_LONG_SIZING = {task: _long_sizing(task) for task in GLUE_LONG_EPOCHS}
+GLUE_LONG_METHODS = ("lora", "adalora", "lr-lora", "hand")
+GLUE_LONG_GRID = (5e-4, 1e-3, 2e-3)
+"""Learning rates tried per method, task and budget on the validation slice: the glue grid
+one step lower, since these runs take 5 to 9 times the glue suite's steps at 2 to 4 times its
+batch, and at the glue sizing the top of its grid (4e-3) already stopped some LoRA and DoRA
+runs learning (benchmarks/results/lr_choice.json)."""
+GLUE_LONG_STAGES = (
+    Stage("premise: LoRA at budget rank 1", 1, ("lora",), premise=True),
+    Stage("premise: LoRA at budget rank 8", 8, ("lora",), premise=True),
+    Stage("every method at budget rank 2", 2, GLUE_LONG_METHODS),
+    Stage("the others at budget rank 1", 1, ("adalora", "lr-lora", "hand")),
+)
+"""The order the suite runs in: first whether rank pays at all (LoRA 8 against LoRA 1), then
+the comparison at budget rank 2, then at 1. Rank 8 is LoRA's alone."""
+GLUE_LONG_QUICK_SIZING = {"sst2": GLUE_QUICK_SIZING["sst2"]}
 
 ATTENTION_ONLY_LORA = "lora+target_modules=query,key,value,attention.output.dense+budget_rank=9"
 """LoRA with the whole budget in attention: rank 9 on query, key, value and attention output
@@ -306,6 +407,30 @@ SUITES: dict[str, Suite] = {
         ),
         description="LR-LoRA variants on the GLUE matrix's tasks, seeds and tuned rates; "
         "LoRA and default LR-LoRA are the glue suite's own runs (same ids, run once)",
+    ),
+    "glue-long": Suite(
+        "glue-long",
+        full=Matrix(
+            "glue-long",
+            GLUE_LONG_SIZING,
+            GLUE_LONG_METHODS,
+            (0, 1, 2),
+            dict.fromkeys(GLUE_LONG_METHODS, GLUE_LONG_GRID),
+            budget_rank=2,
+            report_name="RESULTS-long",
+        ),
+        quick=Matrix(
+            "glue-long-quick",
+            GLUE_LONG_QUICK_SIZING,
+            GLUE_LONG_METHODS,
+            (0,),
+            dict.fromkeys(GLUE_LONG_METHODS, (1e-3,)),
+            budget_rank=2,
+            report_name="RESULTS-long",
+        ),
+        description="GLUE with MiniLM-L6 trained for epochs at budget ranks 1 and 2, where "
+        "rank can pay; the premise (LoRA at rank 8 above rank 1) first",
+        stages=GLUE_LONG_STAGES,
     ),
     "commonsense": Suite(
         "commonsense",

@@ -105,6 +105,8 @@ def test_the_suite_runs_resumes_and_reports_end_to_end(tiny_bert_dir, tmp_path, 
     assert len(custom) == 3 and "rank_spearman" in json.loads(ours.read_text())["metrics"]
     report = (docs / "RESULTS-planted.md").read_text()
     assert "| uniform |" in report and (docs / "figures" / "planted-uniform.png").is_file()
+    every_run = f"| uniform | lr-lora | {record['score']:.3f}"  # each run's own error
+    assert "## Every run" in report and every_run in report
     capsys.readouterr()
     assert main(argv) == 0  # everything finished: nothing runs again
     assert "[1/" not in capsys.readouterr().out

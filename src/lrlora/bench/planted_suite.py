@@ -402,6 +402,32 @@ def score_table(results: list[dict]) -> list[str]:
     return lines
 
 
+def seed_rows(results: list[dict]) -> list[str]:
+    """Every run's relative error by seed (and rank Spearman where the method chose ranks),
+    one row per pattern and method: what the means above are made of."""
+    seeds = sorted({r["seed"] for r in results})
+    lines = ["| pattern | method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---|" + "---|" * len(seeds)]  # fmt: skip
+    tasks = _order({r["task"] for r in results}, tuple(PATTERNS))
+    methods = _order({r["method"] for r in results}, ("oracle", "lora", "adalora", "lr-lora"))
+    groups = _by(results, "task", "method")
+    for task in tasks:
+        for method in methods:
+            runs = {r["seed"]: r for r in groups.get((task, method), [])}
+            if not runs:
+                continue
+            cells = []
+            for seed in seeds:
+                run = runs.get(seed)
+                spearman = run and run["metrics"].get("rank_spearman")
+                cell = "–" if run is None else f"{run['score']:.3f}"
+                if spearman is not None and spearman == spearman:  # a float, not NaN
+                    cell += f" (Spearman {spearman:.2f})"
+                cells.append(cell)
+            lines.append(f"| {task} | {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 SHORT_KINDS = {
     "attention.self.query": "query",
     "attention.self.key": "key",
@@ -486,6 +512,8 @@ def write_report(results_dir: Path, docs_dir: Path, command: list[str]) -> Path:
             "non-uniform pattern, 3 seeds: <= 1.25x the oracle, <= 0.7x LoRA, rank Spearman "
             ">= 0.8; on `uniform`, within 5% of LoRA.", "",
             *target_rows(results), "",
+            "## Every run", "",
+            *seed_rows(results), "",
             "## Planted and learned ranks", "",
         ]  # fmt: skip
         for (task,), group in sorted(_by(results, "task").items()):

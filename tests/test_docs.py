@@ -32,6 +32,7 @@ GENERATED = (
     "docs/ABLATIONS-gpu.md",
     "docs/PERFORMANCE.md",
     "docs/performance-cuda/**/*.md",
+    "docs/performance-fast-path/**/*.md",
 )
 NUMBER = re.compile(r"(?<![\w.])[+-]?(\d+\.\d+)(?![\d.]|[eE][+-]?\d)")
 UNIT = re.compile(r"\s?(h|min|s|ms|GiB|MiB|GB|MB|KiB|kB)\b")

@@ -125,7 +125,7 @@ def test_missing_data_file_is_a_data_error(tiny_bert_dir, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"method": "sora"}, r"choose one of \['lr-lora', 'lora', 'adalora', 'dora'\]"),
+        ({"method": "sora"}, r"choose one of \['lr-lora', 'lora', 'adalora', 'dora', 'hand'\]"),
         ({"task": "mnli"}, "known tasks"),
         ({"task": "qnli"}, "no training split"),
         ({"budget_rank": 6, "r_max": 4}, r"choose a budget rank in \(0, 4\]"),

@@ -19,7 +19,7 @@ from ..config import LRLoRAConfig, Projection, RankSignal, RankUpdate, Rebalance
 from ..util import field_help
 from .baselines import ADALORA_ORTH_REG_WEIGHT, SCALING
 from .models import MINILM_PACKAGE
-from .precision import PRECISIONS
+from .precision import PRECISIONS, check_precision
 from .tasks import TASKS, get_task
 from .tasks.base import Task, TaskOptions
 from .tasks.causal import COMMONSENSE, EVAL_MODES, CommonsenseTask
@@ -223,10 +223,7 @@ class TrainArgs:
                     raise ValueError(f"{_flag(f.name)} must be a finite number, got {value}.")
 
     def _check_choices(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}."
-            )
+        check_precision(self.precision)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
         if self.task == COMMONSENSE:

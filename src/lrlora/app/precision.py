@@ -36,10 +36,14 @@ def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
     return any(flag in (cpu_flags() if flags is None else flags) for flag in NATIVE_BF16_FLAGS)
 
 
-def resolve_precision(choice: str, device: str, flags: set[str] | None = None) -> str:
-    """'fp32' or 'bf16' for ``choice`` (one of :data:`PRECISIONS`) on ``device``."""
+def check_precision(choice: str) -> None:
     if choice not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {choice!r}.")
+
+
+def resolve_precision(choice: str, device: str, flags: set[str] | None = None) -> str:
+    """'fp32' or 'bf16' for ``choice`` (one of :data:`PRECISIONS`) on ``device``."""
+    check_precision(choice)
     if choice != "auto":
         return choice
     return "bf16" if device == "cpu" and cpu_has_native_bf16(flags) else "fp32"

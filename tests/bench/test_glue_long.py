@@ -85,7 +85,7 @@ def test_steps_are_epochs_of_the_training_split_at_batch_32_for_every_method(tmp
 def test_dry_run_sums_the_stages(tmp_path):
     text = format_plans(long_args(tmp_path, tasks=["rte"], premise=True))
     assert "== premise: LoRA at budget rank 1" in text and "lora/r8/tune/lr5e-4/s0" in text
-    assert text.endswith("In all: 12 to run, about 3.1 h of one process (1.6 h as two with "
+    assert text.endswith("In all: 12 to run, about 14.0 h of one process (7.0 h as two with "
                          "OMP_NUM_THREADS=1 and disjoint --tasks).")  # fmt: skip
 
 

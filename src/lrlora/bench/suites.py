@@ -44,25 +44,30 @@ epochs at a low budget, as the AdaLoRA paper did (RTE 50 epochs, MRPC 30, STS-B 
 average rank of 2): here SST-2 1 epoch and MRPC, RTE and STS-B 10 (:data:`GLUE_LONG_EPOCHS`,
 the one place to change them), batch 32, sequences up to 128 tokens (SST-2 64), every
 method of a task at the same steps. A step of batch 32 is one optimizer step; an epoch is
-``ceil(rows / 32)`` steps, as ``lrlora train --epochs`` counts it. MiniLM trains about 1.3
-steps/s at batch 32 with 2 threads, and about half that in each of two single-threaded
-processes side by side, so ``step_s`` = 2 / 1.3 = 1.54 s (one speed for every task; pairs
-pad longer than SST-2's sentences, so MRPC, RTE and STS-B may well be slower; ``--dry-run``
-sets the finished runs' time against the estimate). Tuning runs are half as long and hold
-out the glue suite's validation slices::
+``ceil(rows / 32)`` steps, as ``lrlora train --epochs`` counts it. A step costs what its
+tokens cost: about 1.75 ms per token in each of two single-threaded processes (the glue
+sizing above), times 32 examples padded as the glue suite measured them
+(:data:`GLUE_PADDED_TOKENS`), so ``step_s`` is 2.0 s on SST-2, 4.3 on MRPC, 7.1 on RTE and
+3.4 on STS-B. Measured: the first RTE tuning run (LoRA rank 1, 2026-12-02) took 5.9 to 6.5 s
+a step on one thread beside another process; the first version of this table assumed 1.54 s
+for every task, SST-2's speed, and so put the suite at a quarter of its cost. Tuning runs are
+half as long and hold out the glue suite's validation slices::
 
     task  rows    epochs steps tune  final run (s)           tuning run (s)       3 + 3 runs
-    sst2  67,349   1     2,105 1,052 10+2105*1.54+30 = 3278  10+1052*1.54+30 = 1658  4.1 h
-    mrpc   3,668  10     1,150   575 10+1150*1.54+25 = 1804  10+575*1.54+25  =  920  2.3 h
-    rte    2,490  10       780   390 10+780*1.54+30  = 1240  10+390*1.54+30  =  640  1.6 h
-    stsb   5,749  10     1,800   900 10+1800*1.54+60 = 2839  10+900*1.54+60  = 1455  3.6 h
-                                  one method at one budget rank, the 4 tasks: 11.5 h
+    sst2  67,349   1     2,105 1,052 10+2105*2.02+30 = 4284  10+1052*2.02+30 = 2161  5.4 h
+    mrpc   3,668  10     1,150   575 10+1150*4.26+25 = 4929  10+575*4.26+25  = 2482  6.2 h
+    rte    2,490  10       780   390 10+780*7.11+30  = 5587  10+390*7.11+30  = 2814  7.0 h
+    stsb   5,749  10     1,800   900 10+1800*3.42+60 = 6219  10+900*3.42+60  = 3144  7.8 h
+                                  one method at one budget rank, the 4 tasks: 26.4 h
 
 (3 tuning runs = the 3 rates of the grid, seed 0; 3 final runs = seeds 0, 1, 2.) The suite
 is 9 (method, budget) cells, run in this order (:data:`GLUE_LONG_STAGES`): the premise,
-LoRA at budget ranks 1 and 8 (2 cells, 23 h of one process, 11.5 h as two); every method at
-budget rank 2 (4 cells, 46 h; 23 h as two); AdaLoRA, LR-LoRA and the hand allocation at
-budget rank 1 (3 cells, 35 h; 17 h as two): about 104 h of one process in all, 52 h as two.
+LoRA at budget ranks 1 and 8 (2 cells, 53 h of one process, 26 h as two); every method at
+budget rank 2 (4 cells, 105 h; 53 h as two); AdaLoRA, LR-LoRA and the hand allocation at
+budget rank 1 (3 cells, 79 h; 40 h as two): about 237 h of one process in all, 119 h as two.
+That is weeks of this machine: the suite is meant for a GPU (one prepared script, the model
+as a file of the working tree, as ``scripts/gpu-sweep.sh`` did for the glue sizing), with
+CPU runs adding to the same result files.
 Whether to go on after the premise is what the premise check decides
 (:mod:`lrlora.bench.long_md`).
 """
@@ -285,8 +290,10 @@ GLUE_TRAIN_ROWS = {"sst2": 67_349, "mrpc": 3_668, "rte": 2_490, "stsb": 5_749}
 GLUE_LONG_EPOCHS = {"sst2": 1, "mrpc": 10, "rte": 10, "stsb": 10}
 """Passes over the training split per final run of the glue-long suite (provisional)."""
 GLUE_LONG_BATCH = 32
-GLUE_LONG_STEP_S = 2 / 1.3
-"""Seconds per step of batch 32 of one single-threaded process beside another."""
+GLUE_PADDED_TOKENS = {"sst2": 36, "mrpc": 76, "rte": 127, "stsb": 61}
+"""Tokens per example after padding a batch to its longest (measured at batch 16)."""
+SECONDS_PER_TOKEN = 1.75e-3
+"""Training time per token of one single-threaded process beside another (MiniLM)."""
 
 
 def epoch_steps(rows: int, epochs: float, batch_size: int) -> int:
@@ -300,8 +307,9 @@ def _long_sizing(task: str) -> TaskSizing:
     validation slice and evaluation time; tuning runs half as long."""
     glue = GLUE_SIZING[task]
     steps = epoch_steps(GLUE_TRAIN_ROWS[task], GLUE_LONG_EPOCHS[task], GLUE_LONG_BATCH)
+    step_s = GLUE_LONG_BATCH * GLUE_PADDED_TOKENS[task] * SECONDS_PER_TOKEN
     return TaskSizing(task, steps, steps // 2, GLUE_LONG_BATCH, glue.max_length,
-                      glue.val_fraction, step_s=GLUE_LONG_STEP_S, eval_s=glue.eval_s)  # fmt: skip
+                      glue.val_fraction, step_s=step_s, eval_s=glue.eval_s)  # fmt: skip
 
 
 GLUE_LONG_SIZING = {task: _long_sizing(task) for task in GLUE_LONG_EPOCHS}

@@ -341,7 +341,7 @@ def test_shared_rank_moments_survive_a_state_dict_round_trip():
 
 
 def test_unknown_rank_update_is_refused():
-    with pytest.raises(ValueError, match="rank_update must be 'shared' or 'optimizer'"):
+    with pytest.raises(ValueError, match="rank_update must be 'shared', 'optimizer' or 'prune'"):
         bert_config(rank_update="sgd")
 
 
@@ -502,3 +502,124 @@ def test_the_controller_hardens_at_harden_at_and_then_trains_the_fixed_adapter()
     b_before = layers[0].lora_B.detach().clone()
     ranks = controller.harden()  # the end of training: nothing left to change
     assert ranks == controller.hard_ranks() and torch.equal(layers[0].lora_B, b_before)
+
+
+def _planted_pair(seed=0):
+    """Two 8 -> 8 layers in sequence; the target changes only the first, by a rank-2 delta."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    u, v = torch.randn(8, 2), torch.randn(8, 2)
+    delta = u @ v.T * 0.3
+    probes = [torch.randn(32, 8) for _ in range(lrlora.RankController.PROBE_BATCHES)]
+
+    def target(x):
+        with torch.no_grad():
+            return model[1].base(model[0].base(x) + x @ delta.T)
+
+    return model, target, probes
+
+
+def test_prune_trains_lora_at_the_ceiling_then_keeps_the_components_the_loss_needs():
+    """rank_update='prune': until harden_at every gate is exactly open and rho stays put
+    (LoRA at rank R); at harden_at the budget's 2 ranks go to the layer that must change,
+    within the budget, and the rest trains the kept components only."""
+    model, target, probes = _planted_pair()
+    config = lrlora.LRLoRAConfig(
+        target_modules=["0", "1"], r_max=4, budget_rank=1, rank_update="prune", harden_at=0.5
+    )
+    lrlora.inject(model, config)
+    optimizer = torch.optim.Adam(lrlora.optimizer_groups(model, lr=2e-2))
+    probe = lambda i: (model(probes[i]) - target(probes[i])).pow(2).mean()  # noqa: E731
+    controller = lrlora.RankController(model, optimizer, total_steps=120, probe=probe)
+    layers = [layer for _, layer in lrlora.lora_layers(model)]
+    for step in range(120):
+        x = torch.randn(32, 8)
+        (model(x) - target(x)).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step == 58:  # the last step before pruning
+            assert all(torch.equal(layer.gate(), torch.ones(4)) for layer in layers)
+            assert all(float(layer.rho) == 4.0 for layer in layers)
+            assert not controller.hardened
+    assert controller.hardened
+    ranks = controller.hard_ranks()
+    assert ranks == {"0": 2, "1": 0}, ranks
+    assert controller.adapter_params() <= controller.target_params
+    assert not torch.any(layers[0].lora_B[:, 2:]) and not torch.any(layers[1].lora_B)
+    x = torch.randn(256, 8)
+    assert (model(x) - target(x)).pow(2).mean() < 0.05 * (
+        model[1].base(model[0].base(x)) - target(x)
+    ).pow(2).mean()
+
+
+def test_a_components_value_is_what_the_loss_gains_from_it_at_its_best_scale():
+    """On one linear layer under squared error the loss is quadratic in each gate factor and
+    (after the SVD re-factoring) the components do not interact, so the measured value must
+    equal what direct evaluations give: (L(0) - L(best scale)) for every component."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5))
+    lrlora.inject(model, lrlora.LRLoRAConfig(target_modules=["0"], r_max=3, budget_rank=1,
+                                            rank_update="prune", harden_at=0.5))  # fmt: skip
+    layer = model[0]
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    xs = [torch.randn(16, 6) for _ in range(lrlora.RankController.PROBE_BATCHES)]
+    targets = [torch.randn(16, 5) for _ in xs]
+
+    def probe(i):
+        return (model(xs[i]) - targets[i]).pow(2).mean()
+
+    controller = lrlora.RankController(model, total_steps=10, probe=probe)
+    layer.rebalance()
+    values = controller.component_values()[0]
+
+    def total(factor):
+        layer.probe_gate = factor
+        with torch.no_grad():
+            return sum(float(probe(i)) for i in range(len(xs)))
+
+    for i in range(3):
+        scales = torch.linspace(-1, 3, 4001)
+        losses = [total(torch.ones(3).index_fill(0, torch.tensor([i]), float(c))) for c in scales]
+        best = min(losses)
+        without = total(torch.ones(3).index_fill(0, torch.tensor([i]), 0.0))
+        assert float(values[i]) == pytest.approx(without - best, rel=1e-3, abs=1e-6)
+    layer.probe_gate = None
+
+
+def test_prune_without_a_probe_is_refused_saying_how_to_give_one():
+    model, _, _ = _planted_pair()
+    config = lrlora.LRLoRAConfig(
+        target_modules=["0", "1"], r_max=4, budget_rank=1, rank_update="prune", harden_at=0.5
+    )
+    lrlora.inject(model, config)
+    controller = lrlora.RankController(model, total_steps=40)
+    with pytest.raises(ValueError, match="has no probe: build it with probe=fn"):
+        controller.step()  # the first step says so, not the one at harden_at
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"harden_at": 1.0}, "needs rank_mode='budget' and harden_at < 1"),
+        ({"harden_at": 0.5, "init_rank": 2.5}, "init_rank must be a whole number"),
+    ],
+)
+def test_prune_settings_it_cannot_use_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        lrlora.LRLoRAConfig(target_modules=["0"], r_max=4, budget_rank=1, rank_update="prune",
+                            **fields)  # fmt: skip
+
+
+def test_the_most_valuable_components_per_parameter_are_kept_within_the_budget():
+    from lrlora.budget import most_valuable
+
+    values = [[9.0, 4.0, 0.5], [3.0, 2.9, -1.0], [0.0, 0.0, 0.0]]
+    costs = [2, 1, 1]  # per parameter: 4.5, 2, 0.25 | 3, 2.9, - | -
+    assert most_valuable(values, costs, 5) == [
+        [0],
+        [0, 1],
+        [],
+    ]  # 4.5, 3, 2.9; then 2 (cost 2) no longer fits
+    assert most_valuable(values, costs, 6) == [[0, 1], [0, 1], []]
+    assert most_valuable(values, costs, 100) == [[0, 1, 2], [0, 1], []]  # never a worthless one

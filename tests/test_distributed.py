@@ -50,3 +50,37 @@ def test_ddp_matches_single_process_and_processes_agree(tmp_path):
     torch.testing.assert_close(results[0]["rho"], rhos, atol=1e-4, rtol=0)
     torch.testing.assert_close(results[0]["schedule"], schedule)
     assert not torch.allclose(rhos, torch.full_like(rhos, 3.0))  # the ranks did move
+
+
+def _prune_worker(rank, world, init_file, out_dir):
+    """Every process probes its own rows, so its measured values differ; the summed values
+    must make every process keep the same components."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    config = bert_config(rank_update="prune", harden_at=0.5)
+    model = lrlora.inject(tiny_bert(), config)
+    ddp = DistributedDataParallel(model)
+    probes = random_batches(lrlora.RankController.PROBE_BATCHES, 2, seed=10 + rank)
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(
+        model,
+        optimizer,
+        total_steps=STEPS,
+        probe=lambda i: model(probes[i][0], labels=probes[i][1]).loss,
+    )
+    per = GLOBAL_BATCH // world
+    for tokens, labels in _batches():
+        shard = slice(rank * per, (rank + 1) * per)
+        ddp(tokens[shard], labels=labels[shard]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    ranks = torch.tensor(list(controller.hard_ranks().values()))
+    torch.save({"ranks": ranks}, f"{out_dir}/prune{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_pruning_processes_keep_the_same_components(tmp_path):
+    mp.spawn(_prune_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"prune{r}.pt", weights_only=True)["ranks"] for r in range(2)]
+    assert torch.equal(ranks[0], ranks[1])
+    assert int(ranks[0].sum()) > 0

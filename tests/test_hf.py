@@ -71,3 +71,21 @@ def test_the_callback_counts_and_logs_each_optimizer_step_once():
         optimizer.zero_grad()
     assert controller.step_count == 2
     assert [point["step"] for point in callback.trajectory] == [1, 2]
+
+
+def test_the_callback_gives_a_pruning_controller_a_probe_from_the_training_data(tmp_path):
+    """rank_update='prune' under the Trainer: the callback builds the probe from the first
+    training rows, the controller prunes at harden_at into the budget, and the adapter
+    exports."""
+    from lrlora.hf import LRLoRACallback
+
+    config = bert_config(rank_update="prune", harden_at=0.5)
+    model = lrlora.inject(tiny_bert(), config)
+    callback = LRLoRACallback()
+    train_with_trainer(model, tmp_path / "out", callback, max_steps=6, use_cpu=True)
+    controller = callback.controller
+    assert controller.probe is not None and controller.hardened
+    assert 0 < controller.adapter_params() <= controller.target_params
+    lrlora.export_peft(model, tmp_path / "peft")
+    saved = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert saved["rank_pattern"] == {n: r for n, r in controller.hard_ranks().items() if r > 0}

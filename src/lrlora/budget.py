@@ -39,3 +39,23 @@ def trim_to_budget(layers: list[LRLoRALinear], ranks: list[int], budget: float) 
         _, weakest = min(candidates)
         ranks[weakest] -= 1
     return ranks
+
+
+def most_valuable(values: list[list[float]], costs: list[int], budget: float) -> list[list[int]]:
+    """The components to keep: every layer's components by ``values[l][i]`` (what the loss
+    loses without them) per parameter, the best first across layers, each taken while it
+    fits in ``budget`` parameters; a component worth nothing or less is never kept.
+    Returns each layer's kept component indices, in order of value."""
+    ranked = sorted(
+        ((value / costs[k], k, i) for k, row in enumerate(values) for i, value in enumerate(row)),
+        key=lambda item: -item[0],
+    )
+    kept: list[list[int]] = [[] for _ in values]
+    size = 0.0
+    for per_param, layer, index in ranked:
+        if per_param <= 0:
+            break
+        if size + costs[layer] <= budget + 1e-6:
+            kept[layer].append(index)
+            size += costs[layer]
+    return kept

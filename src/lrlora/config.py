@@ -19,7 +19,7 @@ from .util import field_help as _help
 RankMode = Literal["budget", "penalty"]
 ScalingRule = Literal["budget", "max", "sqrt"]
 TauShape = Literal["cosine", "linear", "exp"]
-RankUpdate = Literal["shared", "optimizer"]
+RankUpdate = Literal["shared", "optimizer", "prune"]
 RebalanceMoments = Literal["reset", "rescale"]
 Projection = Literal["cost", "even"]
 RankSignal = Literal["gradient", "spectrum", "sensitivity"]
@@ -73,7 +73,13 @@ class LRLoRAConfig:
         "falls faster with rank moves faster (it needs the optimizer handed to the "
         "controller, and takes rho's gradient before the optimizer sees it). 'optimizer': rho "
         "is left to the training optimizer; Adam normalises each rho's gradient by its own "
-        "magnitude, so a layer's speed follows how steady its gradient is, not how large.",
+        "magnitude, so a layer's speed follows how steady its gradient is, not how large. "
+        "'prune': rho is not trained; every layer trains as LoRA at init_rank (default: the "
+        "ceiling r_max) until harden_at, where the controller measures what each component "
+        "is worth to the loss on a few probe batches and keeps the most valuable per "
+        "parameter, across layers, up to the budget (see docs/METHOD.md). It needs "
+        "harden_at < 1 and a probe (RankController(probe=...); the Trainer callback and the "
+        "suites build one).",
         "shared",
     )
     rank_signal: RankSignal = _help(
@@ -225,9 +231,22 @@ class LRLoRAConfig:
             raise ValueError("scaling='budget' needs a budget; use scaling='max' in penalty mode.")
 
     def _check_rank_update(self) -> None:
-        if self.rank_update not in ("shared", "optimizer"):
+        if self.rank_update not in ("shared", "optimizer", "prune"):
             raise ValueError(
-                f"rank_update must be 'shared' or 'optimizer', got {excerpt(self.rank_update)}."
+                "rank_update must be 'shared', 'optimizer' or 'prune', got "
+                f"{excerpt(self.rank_update)}."
+            )
+        if self.rank_update == "prune" and (self.rank_mode != "budget" or self.harden_at >= 1):
+            raise ValueError(
+                "rank_update='prune' cuts the adapter to the budget at harden_at: it needs "
+                "rank_mode='budget' and harden_at < 1 (e.g. 0.4), got "
+                f"rank_mode={self.rank_mode!r}, harden_at={self.harden_at}."
+            )
+        whole = self.init_rank is None or self.init_rank == int(self.init_rank)
+        if self.rank_update == "prune" and not whole:
+            raise ValueError(
+                "rank_update='prune' trains every layer at a whole number of components "
+                f"until it prunes: init_rank must be a whole number, got {self.init_rank}."
             )
         if self.rank_signal not in ("gradient", "spectrum", "sensitivity"):
             raise ValueError(

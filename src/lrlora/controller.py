@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .budget import config_budget, trim_to_budget
+from .budget import config_budget, most_valuable, trim_to_budget
 from .config import LRLoRAConfig
 from .inject import config_of, lora_layers
 from .layer import LRLoRALinear
@@ -92,6 +93,11 @@ class RankController:
             it rho is moved only by whatever optimizer holds it, and the training loop calls
             :meth:`step` after every optimizer step.
         total_steps: the number of optimizer steps the run will take.
+        probe: ``rank_update='prune'`` only: ``probe(i)`` returns the training loss (a
+            differentiable scalar) on probe batch ``i`` for ``i`` < :attr:`PROBE_BATCHES`,
+            the same batch whenever it is called with the same ``i``. The controller calls it
+            at ``harden_at`` to measure what each component is worth (random draws such as
+            dropout are repeated for the same ``i``).
     """
 
     SEARCH_POINTS = 32
@@ -100,8 +106,23 @@ class RankController:
     and narrows the bracket 31-fold per round: 8 rounds leave 31^-8 (1e-12) of it, as fine
     as 40 halvings, in 8 vectorised steps that never read the device."""
 
+    PROBE_BATCHES = 8
+    """Batches the pruning measures the components' values on."""
+    PROBE_VECTORS = 2
+    """Random directions per probe batch for the second derivative (Hutchinson)."""
+    PROBE_STEP = 0.05
+    """The gates' change in the central difference of the gradient (second derivative)."""
+    OPEN_TAU = 1e-3
+    """The gate temperature of ``rank_update='prune'`` before pruning: every gate below rho
+    is exactly 1 (sigmoid(500)), so the layers are LoRA at rank rho."""
+
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, total_steps: int
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        total_steps: int,
+        probe: Callable[[int], torch.Tensor] | None = None,
     ) -> None:
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
@@ -109,6 +130,11 @@ class RankController:
         self.names, self.layers = zip(*lora_layers(model), strict=True)
         self.optimizer = optimizer
         self.total_steps = total_steps
+        self.probe = probe
+        self.prunes = self.config.rank_update == "prune"
+        if self.prunes:  # rho stays where inject put it until the controller prunes
+            for layer in self.layers:
+                layer.rho.requires_grad_(False)
         self.step_count = 0
         costs = torch.tensor([layer.cost_per_rank for layer in self.layers], dtype=torch.float64)
         self.costs = costs
@@ -183,6 +209,8 @@ class RankController:
     def tau(self) -> float:
         """The gate temperature: from tau_start to tau_end over the steps before hardening."""
         c = self.config
+        if self.prunes:
+            return self.OPEN_TAU
         return temperature(self.step_count, self.soft_steps, c.tau_start, c.tau_end, c.tau_shape)
 
     @property
@@ -417,6 +445,11 @@ class RankController:
             self._fill([layer.steps for layer in self.layers], self.step_count)
             self.harden()
             return
+        if self.prunes:  # LoRA at the starting rank until harden_at: nothing moves
+            if self.step_count == 1:  # say it now, not at harden_at
+                self._require_probe()
+            self._fill([layer.steps for layer in self.layers], self.step_count)
+            return
         # Everything here stays on the rho's device and never waits for it: on a GPU one
         # read of a device value per layer would stall every training step.
         rhos = self._device_rhos().clamp(0.0, self.config.r_max)
@@ -550,7 +583,9 @@ class RankController:
 
     @torch.no_grad()
     def harden(self) -> dict[str, int]:
-        """Fix every layer's rank to its open gates, trimmed to the budget; returns ranks."""
+        """Fix every layer's rank to its open gates, trimmed to the budget (under
+        ``rank_update='prune'``: to the most valuable components, see :meth:`_prune`);
+        returns the ranks."""
         self._refuse_sharded("hardening")
         if self.step_count == 0:
             raise ControllerNotSteppedError(
@@ -559,6 +594,11 @@ class RankController:
                 "without one, call controller.step() after every optimizer step (with the "
                 "Trainer, add lrlora.hf.LRLoRACallback) before hardening or exporting."
             )
+        if self.prunes and not self.hardened:
+            ranks = self._prune()
+            for layer, rank in zip(self.layers, ranks, strict=True):
+                layer.harden(rank)
+            return dict(zip(self.names, ranks, strict=True))
         ranks = [layer.current_hard_rank() for layer in self.layers]
         if self.config.rank_mode == "budget":
             # Every component with some output is a candidate, and the budget drops the ones
@@ -572,6 +612,99 @@ class RankController:
             layer.harden(rank)
             self._stop_closed_components(layer, rank)
         return dict(zip(self.names, ranks, strict=True))
+
+    def _require_probe(self) -> None:
+        """Refuse to prune (or to start a run that will) without a probe."""
+        if self.probe is None:
+            raise ValueError(
+                "rank_update='prune' measures the components on probe batches, and this "
+                "RankController has no probe: build it with probe=fn, fn(i) returning the "
+                f"training loss on batch i (i < {self.PROBE_BATCHES}), or train with "
+                "lrlora.hf.LRLoRACallback, which builds one from the training data."
+            )
+
+    def _prune(self) -> list[int]:
+        """``rank_update='prune'``: re-factor every layer by SVD (exact: its gates are open),
+        measure each component's value (:meth:`component_values`), keep the most valuable
+        per parameter across layers up to the budget, and move the kept ones to the front.
+        The optimizer's moments of A and B are dropped: they belong to the old factors."""
+        self._refuse_sharded("pruning")
+        self._require_probe()
+        generator = torch.Generator().manual_seed(self.step_count)
+        for layer in self.layers:
+            layer.rebalance(generator)
+        values = self.component_values().tolist()
+        costs = [layer.cost_per_rank for layer in self.layers]
+        kept = most_valuable(values, costs, self.target_params)
+        for layer, indices in zip(self.layers, kept, strict=True):
+            layer.keep_components(indices)
+            if self.optimizer is not None:
+                self.optimizer.state.pop(layer.lora_A, None)
+                self.optimizer.state.pop(layer.lora_B, None)
+        return [len(indices) for indices in kept]
+
+    def component_values(self) -> torch.Tensor:
+        """What each component is worth to the loss (L, R), from a quadratic model of the
+        loss in a factor ``m_i`` on its gate (1 now): with slope ``a`` and curvature ``h``
+        summed over the probe batches, the loss rises by ``h / 2 - a`` without the component
+        and falls by ``a^2 / 2h`` at its best scale, so its value is ``(a - h)^2 / 2h``, what
+        it gives at its best scale (``h / 2 - a`` where ``h <= 0``). Counting a component at
+        its best scale does not hold back one that has found its direction but not yet its
+        size: the layers far from the loss learn later, and pruning on the loss alone
+        took their rank away. ``a`` is the gradient, ``h`` a Hutchinson estimate from central
+        differences of the gradient along random +-1 directions (no second backward)."""
+        layers = self.layers
+        device = layers[0].lora_A.device
+        factors = [torch.ones(layer.r_max, device=device, requires_grad=True) for layer in layers]
+        slope = torch.zeros(len(layers), self.config.r_max, dtype=torch.float64)
+        curve = torch.zeros_like(slope)
+        directions = torch.Generator().manual_seed(self.step_count)
+        step = self.PROBE_STEP
+        try:
+            for layer, factor in zip(layers, factors, strict=True):
+                layer.probe_gate = factor
+            for batch in range(self.PROBE_BATCHES):
+                slope += self._probe_gradient(batch, factors)
+                for _ in range(self.PROBE_VECTORS):
+                    v = torch.randint(0, 2, slope.shape, generator=directions).double() * 2 - 1
+                    up = self._probe_gradient(batch, factors, step * v)
+                    down = self._probe_gradient(batch, factors, -step * v)
+                    curve += v * (up - down) / (2 * step * self.PROBE_VECTORS)
+        finally:
+            for layer in layers:
+                layer.probe_gate = None
+        if _distributed():  # every process keeps the same components
+            both = torch.stack([slope, curve]).to(device)
+            dist.all_reduce(both)
+            slope, curve = both.cpu().unbind(0)
+        best = (slope - curve).square() / (2 * curve.clamp_min(1e-30))
+        return torch.where(curve > 0, best, curve / 2 - slope)
+
+    def _probe_gradient(
+        self, batch: int, factors: list[torch.Tensor], shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """d loss / d m on probe batch ``batch`` (L, R) with the gate factors at 1 + shift;
+        the random draws (dropout) are the same for every call with the same batch."""
+        with torch.no_grad():
+            for k, factor in enumerate(factors):
+                factor.fill_(1.0)
+                if shift is not None:
+                    factor += shift[k].to(factor)
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.enable_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(1_000_003 + batch)
+            loss = self.probe(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the probe's loss on batch {batch} is {float(loss)}: pruning cannot "
+                    "measure the components on it; lower the learning rate or check the data."
+                )
+            grads = torch.autograd.grad(loss, factors, allow_unused=True)
+        with torch.no_grad():
+            for factor in factors:
+                factor.fill_(1.0)
+        rows = [torch.zeros(self.config.r_max) if g is None else g.detach().cpu() for g in grads]
+        return torch.stack(rows).double()
 
     def _stop_closed_components(self, layer: LRLoRALinear, rank: int) -> None:
         """Clear the optimizer's moments of the closed components (B's columns and A's rows

@@ -187,7 +187,7 @@ def _copy_adapter_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) ->
         own[key].copy_(value)
     for _, layer in lora_layers(model):
         layer.sync_hard_rank()
-        layer.rho.requires_grad_(not layer.hardened)
+        layer.rho.requires_grad_(not layer.hardened and layer.config.rank_update != "prune")
 
 
 def resume(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -56,6 +57,11 @@ class LRLoRACallback(TrainerCallback):
             self.controller = RankController(model, optimizer, total_steps=state.max_steps)
         else:
             check_reusable(self.controller, optimizer, state.max_steps)
+        loader = kwargs.get("train_dataloader")
+        if self.controller.prunes and self.controller.probe is None and loader is not None:
+            self.controller.probe = training_probe(
+                model, loader, RankController.PROBE_BATCHES, args.device
+            )
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.controller.step()  # a no-op when the optimizer's hook has stepped it
@@ -68,6 +74,28 @@ class LRLoRACallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.harden_at_end:
             self.controller.harden()
+
+
+def training_probe(
+    model: torch.nn.Module, loader: Any, batches: int, device: torch.device
+) -> Callable[[int], torch.Tensor]:
+    """A probe for ``rank_update='prune'``: ``probe(i)`` is the model's loss on the i-th
+    batch of the first rows of the training set, collated as training collates them (read
+    from the dataset in order, so the training data's shuffling is not disturbed)."""
+    dataset, collate, size = loader.dataset, loader.collate_fn, loader.batch_size or 1
+    rows = min(len(dataset), batches * size)
+    if rows == 0:
+        raise ValueError("rank_update='prune' needs training rows to probe, and there are none")
+    chunks = [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
+    cached: dict[int, dict[str, Any]] = {}
+
+    def probe(i: int) -> torch.Tensor:
+        if i not in cached:
+            batch = collate([dataset[j] for j in chunks[i % len(chunks)]])
+            cached[i] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return model(**cached[i]).loss
+
+    return probe
 
 
 def check_reusable(

@@ -123,6 +123,8 @@ def inject(model: nn.Module, config: LRLoRAConfig) -> nn.Module:
     _check_saved_outside_targets(model, config, targets)
     ref = reference_rank(model, config, targets)
     init = config.init_rank or (ref if config.rank_mode == "budget" else config.r_max)
+    if config.rank_update == "prune":  # LoRA at the ceiling until the controller prunes
+        init = config.r_max if config.init_rank is None else config.init_rank
     for param in model.parameters():
         param.requires_grad_(False)
     for name in targets:
@@ -138,6 +140,9 @@ def inject(model: nn.Module, config: LRLoRAConfig) -> nn.Module:
             sqrt_scaling=config.scaling == "sqrt",
         )
         layer.config, layer.reference_rank = config, ref  # on our layers: a wrapper hides none
+        # Under 'prune' rho is not trained: frozen here, before a DDP wrapper lists the
+        # parameters it expects gradients for.
+        layer.rho.requires_grad_(config.rank_update != "prune")
         setattr(parent, child, layer)
     _unfreeze_saved(model, config.modules_to_save)
     return model

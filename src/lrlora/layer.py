@@ -120,6 +120,9 @@ class LRLoRALinear(nn.Module):
         self.disabled = False
         # Set by the controller when rho follows the components' sensitivity (float32, (R,)).
         self.sensitivity: torch.Tensor | None = None
+        # Set by the controller while it measures what each component is worth (R,): a
+        # factor on every gate, so the loss's derivatives in it are the components' values.
+        self.probe_gate: torch.Tensor | None = None
 
     @property
     def hardened(self) -> bool:
@@ -166,6 +169,8 @@ class LRLoRALinear(nn.Module):
         if self.disabled or self.merged:
             return y
         g = self.gate()
+        if self.probe_gate is not None:
+            g = g * self.probe_gate.to(g.dtype)
         # Gate and scaling scale A's rows (R x d_in), not the activations: no elementwise pass
         # over (..., R) or (..., d_out), nothing extra saved for backward.
         a = self.lora_A * (g * self.scaling(g))[:, None]  # (R, d_in)
@@ -234,6 +239,20 @@ class LRLoRALinear(nn.Module):
         self._hard_rank = rank
         self.rho.fill_(float(rank))
         self.rho.requires_grad_(False)
+
+    @torch.no_grad()
+    def keep_components(self, indices: list[int]) -> None:
+        """Move the components ``indices`` (in that order) to the front and close the rest:
+        B's other columns become 0, so the layer's output is what those components give.
+        Then :meth:`harden` at ``len(indices)`` fixes the rank there."""
+        if self.hardened or self.merged:
+            raise RuntimeError("keep_components() needs a soft, unmerged layer")
+        index = torch.tensor(indices, dtype=torch.long, device=self.lora_A.device)
+        rest = [i for i in range(self.r_max) if i not in set(indices)]
+        order = torch.cat([index, torch.tensor(rest, dtype=torch.long, device=index.device)])
+        self.lora_A.copy_(self.lora_A[order])
+        self.lora_B.copy_(self.lora_B[:, order])
+        self.lora_B[:, len(indices) :] = 0
 
     @torch.no_grad()
     def spectrum(self) -> torch.Tensor:

@@ -168,3 +168,16 @@ def test_a_bf16_run_trains_under_autocast_and_records_its_precision(tiny_bert_di
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["args"]["precision"] == "bf16" and config["resolved"]["precision"] == "bf16"
     assert metrics["train_loss"] == metrics["train_loss"]  # finite under autocast, not NaN
+
+
+def test_a_pruning_lr_lora_run_probes_the_training_data_and_keeps_the_budget(
+    tiny_bert_dir, tmp_path
+):
+    """`lrlora train --rank-update prune --harden-at 0.5`: the Trainer callback builds the
+    probe, the run prunes half-way, and the adapter stays within the budget."""
+    args = tiny_args(tiny_bert_dir, tmp_path / "run", rank_update="prune", harden_at=0.5)
+    metrics = train(args)
+    check_run_dir(tmp_path / "run", "lr-lora")
+    assert 0 < metrics["adapter_params"] <= metrics["budget_params"]
+    ranks = json.loads((tmp_path / "run" / "ranks.json").read_text())
+    assert {p["step"]: max(p["hard_rank"].values()) for p in ranks["trajectory"]}[2] == 4

@@ -319,17 +319,25 @@ def make_student(
     steps: int,
     lr: float,
     settings: Mapping[str, Any] | None = None,
+    probe: list[tuple[dict[str, torch.Tensor], torch.Tensor]] | None = None,
 ) -> Student:
     """``method``: lora (uniform rank, rounded up to cover the budget), oracle (LoRA with the
-    planted ranks), adalora, or lr-lora (``settings`` override its LRLoRAConfig fields)."""
+    planted ranks), adalora, or lr-lora (``settings`` override its LRLoRAConfig fields).
+    ``probe``: (batch, teacher states) pairs an LR-LoRA controller that prunes measures its
+    components on."""
     model = copy.deepcopy(base)
     if method == "lr-lora":
-        return _lr_lora_student(model, budget, steps, lr, dict(settings or {}))
+        return _lr_lora_student(model, budget, steps, lr, dict(settings or {}), probe or [])
     return _peft_student(model, method, ranks, budget, steps, lr)
 
 
 def _lr_lora_student(
-    model: nn.Module, budget: int, steps: int, lr: float, settings: dict[str, Any]
+    model: nn.Module,
+    budget: int,
+    steps: int,
+    lr: float,
+    settings: dict[str, Any],
+    probe: list[tuple[dict[str, torch.Tensor], torch.Tensor]],
 ) -> Student:
     if settings.get("alpha") is None:  # lrlora train's: 2 x the budget rank
         modules = model.named_modules()
@@ -340,7 +348,14 @@ def _lr_lora_student(
     config = LRLoRAConfig(target_modules=list(TARGETS), budget_params=budget, **settings)
     inject(model, config)
     optimizer = torch.optim.AdamW(optimizer_groups(model, lr=lr, weight_decay=0.0))
-    controller = RankController(model, optimizer, total_steps=steps)
+
+    def loss_on(i: int) -> torch.Tensor:  # the distillation loss on probe batch i
+        batch, target = probe[i % len(probe)]
+        return (hidden(model, batch) - target).pow(2).mean()
+
+    controller = RankController(
+        model, optimizer, total_steps=steps, probe=loss_on if probe else None
+    )
 
     def finish() -> dict[str, int]:
         return controller.harden()
@@ -445,7 +460,16 @@ def train_student(
     """Train one student on the setup; returns the metrics of its result file."""
     torch.manual_seed(seed)
     steps = len(setup.batches.train)
-    student = make_student(setup.base, method, setup.ranks, setup.budget, steps, lr, settings)
+    probe = []
+    if method == "lr-lora" and (settings or {}).get("rank_update") == "prune":
+        with torch.no_grad():  # the first training batches, with the teacher's states
+            probe = [
+                (b, hidden(setup.teacher, b))
+                for b in setup.batches.train[: RankController.PROBE_BATCHES]
+            ]
+    student = make_student(
+        setup.base, method, setup.ranks, setup.budget, steps, lr, settings, probe
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         student.optimizer, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * (1 - s / steps)
     )

@@ -124,3 +124,22 @@ def test_a_bad_pattern_is_one_line_error(tmp_path, capsys):
                  "--results-dir", str(tmp_path)]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("lrlora: error:") and "regex=rank" in err
+
+
+def _result(task, method, seed, score, planted):
+    return {"task": task, "method": method, "seed": seed, "score": score, "planted": planted,
+            "metrics": {"rel_error": score, "rank_spearman": 0.9}}  # fmt: skip
+
+
+def test_the_control_is_judged_against_lora_alone():
+    """The control pattern has no oracle run (LoRA's allocation is the planted one): a
+    rank-choosing method's row there compares it with LoRA, within 5% on every seed."""
+    from lrlora.bench.planted_suite import target_rows
+
+    flat = {"a": 2, "b": 2}
+    results = [_result("uniform", "lora", s, 0.10, flat) for s in range(3)]
+    results += [_result("uniform", "lr-lora", s, 0.104, flat) for s in range(3)]
+    results += [_result("uniform", "lr-lora+rank_lr=0.1", s, 0.12, flat) for s in range(3)]
+    rows = "\n".join(target_rows(results))
+    assert "| uniform | lr-lora | 3 | – | 1.04 ± 0.00 (3) | – | yes |" in rows
+    assert "| uniform | lr-lora+rank_lr=0.1 | 3 | – | 1.20 ± 0.00 (3) | – | no |" in rows

@@ -356,19 +356,22 @@ def target_rows(results: list[dict]) -> list[str]:
             ours = {r["seed"]: r for r in groups.get((task, method), [])}
             vs_oracle = _paired(groups, task, method, "oracle")
             vs_lora = _paired(groups, task, method, "lora")
-            seeds = sorted(set(ours) & set(vs_oracle) & set(vs_lora))
+            control = bool(ours) and _is_uniform(next(iter(ours.values())))
+            # The control has no oracle run: LoRA's allocation is the planted one.
+            seeds = sorted(set(ours) & set(vs_lora) & (set(ours) if control else set(vs_oracle)))
             if not seeds:
                 continue
             spearman = [ours[s]["metrics"].get("rank_spearman", math.nan) for s in seeds]
-            if _is_uniform(ours[seeds[0]]):
-                met = all(vs_lora[s] <= 1.05 for s in seeds)
+            if control:
+                met = all(vs_lora[s] <= 1.05 for s in seeds) and len(seeds) >= 3
             else:
                 met = all(vs_oracle[s] <= 1.25 and vs_lora[s] <= 0.7 for s in seeds)
                 met = met and all(r >= 0.8 for r in spearman) and len(seeds) >= 3
             lines.append(
                 f"| {task} | {method} | {len(seeds)} | "
-                f"{_cell([vs_oracle[s] for s in seeds], 2)} | "
-                f"{_cell([vs_lora[s] for s in seeds], 2)} | {_cell(spearman, 2)} | "
+                f"{'–' if control else _cell([vs_oracle[s] for s in seeds], 2)} | "
+                f"{_cell([vs_lora[s] for s in seeds], 2)} | "
+                f"{'–' if control else _cell(spearman, 2)} | "
                 f"{'yes' if met else 'no'} |"
             )
     return lines

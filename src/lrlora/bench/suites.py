@@ -345,6 +345,7 @@ ABLATION_VARIANTS = (
     "lr-lora+fill_budget=false",
     "lr-lora+init_rank=8",
     "lr-lora+r_max=16",
+    "lr-lora+rank_update=prune+harden_at=0.4",
     ATTENTION_ONLY_LORA,
 )
 """LR-LoRA with one setting changed each (see :mod:`lrlora.bench.variants`), in the order
@@ -354,7 +355,10 @@ alpha / budget rank (LoRA's at the budget; on SST-2 alpha / r_max beat it on eve
 docs/METHOD.md). Then the rank learning rate: at the default 0.02 the SST-2 runs moved rho
 by less than one rank from the budget rank in 400 steps (3.4 to 4.8), so the learned
 allocation was nearly LoRA's uniform one. Results of variants made under a former default
-are kept in ``results/stale/``. Last, a fixed allocation of LoRA's
+are kept in ``results/stale/``. Then pruning by measured value (``rank_update='prune'``:
+LoRA at the ceiling for 40% of the run, then the components worth most to the loss per
+parameter kept up to the budget), the rank update closest to the oracle on the planted
+suite. Last, a fixed allocation of LoRA's
 (:data:`ATTENTION_ONLY_LORA`), to measure what reallocating the budget can gain at all."""
 
 

@@ -248,7 +248,8 @@ class LRLoRALinear(nn.Module):
         if self.hardened or self.merged:
             raise RuntimeError("keep_components() needs a soft, unmerged layer")
         index = torch.tensor(indices, dtype=torch.long, device=self.lora_A.device)
-        rest = [i for i in range(self.r_max) if i not in set(indices)]
+        kept = set(indices)
+        rest = [i for i in range(self.r_max) if i not in kept]
         order = torch.cat([index, torch.tensor(rest, dtype=torch.long, device=index.device)])
         self.lora_A.copy_(self.lora_A[order])
         self.lora_B.copy_(self.lora_B[:, order])

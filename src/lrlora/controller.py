@@ -595,18 +595,16 @@ class RankController:
                 "Trainer, add lrlora.hf.LRLoRACallback) before hardening or exporting."
             )
         if self.prunes and not self.hardened:
-            ranks = self._prune()
-            for layer, rank in zip(self.layers, ranks, strict=True):
-                layer.harden(rank)
-            return dict(zip(self.names, ranks, strict=True))
-        ranks = [layer.current_hard_rank() for layer in self.layers]
-        if self.config.rank_mode == "budget":
+            ranks = self._prune()  # within the budget by construction
+        elif self.config.rank_mode == "budget" and not self.hardened:
             # Every component with some output is a candidate, and the budget drops the ones
             # with the least output per parameter: rounding each layer alone (gate > 0.5)
             # threw away half-open components that held half the fit, while closing others
             # that held less.
-            if not self.hardened:
-                ranks = [self._candidates(layer) for layer in self.layers]
+            ranks = [self._candidates(layer) for layer in self.layers]
+        else:
+            ranks = [layer.current_hard_rank() for layer in self.layers]
+        if self.config.rank_mode == "budget":  # whatever state was loaded
             ranks = trim_to_budget(list(self.layers), ranks, self.target_params)
         for layer, rank in zip(self.layers, ranks, strict=True):
             layer.harden(rank)
@@ -700,9 +698,6 @@ class RankController:
                     "measure the components on it; lower the learning rate or check the data."
                 )
             grads = torch.autograd.grad(loss, factors, allow_unused=True)
-        with torch.no_grad():
-            for factor in factors:
-                factor.fill_(1.0)
         rows = [torch.zeros(self.config.r_max) if g is None else g.detach().cpu() for g in grads]
         return torch.stack(rows).double()
 

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -550,6 +551,38 @@ def test_prune_trains_lora_at_the_ceiling_then_keeps_the_components_the_loss_nee
     assert (model(x) - target(x)).pow(2).mean() < 0.05 * (
         model[1].base(model[0].base(x)) - target(x)
     ).pow(2).mean()
+
+
+def _pruned_pair(prune_scaling):
+    """The planted pair pruned at step 10 of 20 under ``prune_scaling``: (ranks, output on a
+    probe batch, the first layer's scaling) right after pruning."""
+    model, target, probes = _planted_pair()
+    config = lrlora.LRLoRAConfig(target_modules=["0", "1"], r_max=4, budget_rank=1, alpha=2.0,
+                                 rank_update="prune", harden_at=0.5,
+                                 prune_scaling=prune_scaling)  # fmt: skip
+    lrlora.inject(model, config)
+    optimizer = torch.optim.Adam(lrlora.optimizer_groups(model, lr=2e-2))
+    probe = lambda i: (model(probes[i]) - target(probes[i])).pow(2).mean()  # noqa: E731
+    controller = lrlora.RankController(model, optimizer, total_steps=20, probe=probe)
+    torch.manual_seed(1)
+    for _ in range(10):
+        x = torch.randn(32, 8)
+        (model(x) - target(x)).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert controller.hardened
+    with torch.no_grad():
+        return controller.hard_ranks(), model(probes[0]), model[0].scaling()
+
+
+def test_prune_scaling_between_speeds_up_the_kept_components_and_keeps_their_output():
+    """prune_scaling='between': pruning keeps the same components with the same output as
+    'ceiling', then trains them at s = alpha / sqrt(R x budget rank) (B rescaled there)."""
+    ceiling, between = _pruned_pair("ceiling"), _pruned_pair("between")
+    assert between[0] == ceiling[0]
+    torch.testing.assert_close(between[1], ceiling[1])
+    assert ceiling[2] == pytest.approx(2.0 / 4)
+    assert between[2] == pytest.approx(2.0 / math.sqrt(4 * 1))
 
 
 def test_a_components_value_is_what_the_loss_gains_from_it_at_its_best_scale():

@@ -49,6 +49,28 @@ def test_interrupted_run_ends_where_an_uninterrupted_one_does(tmp_path):
     assert resumed[2].state_dict() == full[2].state_dict()
 
 
+def test_a_scaling_changed_at_hardening_is_kept_by_save_load_and_export(tmp_path, tokens):
+    """prune_scaling='between' changes a layer's scaling when its rank is hardened; a saved
+    and loaded adapter, and the stock PEFT export, give the same outputs."""
+    config = bert_config(rank_update="prune", harden_at=0.5, prune_scaling="between")
+    model = lrlora.inject(tiny_bert(), config)
+    batches = random_batches(6)
+    probe = lambda i: model(*batches[i % len(batches)][:1],  # noqa: E731
+                            labels=batches[i % len(batches)][1]).loss  # fmt: skip
+    optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))
+    controller = lrlora.RankController(model, optimizer, total_steps=6, probe=probe)
+    _steps(model, optimizer, controller, batches)
+    assert controller.hardened
+    layer = next(layer for _, layer in lrlora.lora_layers(model))
+    assert layer.scaling() != layer.alpha / layer.ref_rank  # the change this is about
+    expected = model(tokens).logits
+    lrlora.save(model, tmp_path / "adapter")
+    loaded = lrlora.load(tiny_bert(), tmp_path / "adapter")
+    torch.testing.assert_close(loaded(tokens).logits, expected)
+    merged = lrlora.merge(model)
+    torch.testing.assert_close(merged(tokens).logits, expected, atol=1e-5, rtol=1e-4)
+
+
 def test_save_load_gives_same_outputs_and_refuses_overwrite(tmp_path, tokens):
     model, optimizer, controller = _setup(bert_config(), 4)
     _steps(model, optimizer, controller, random_batches(4))

@@ -22,6 +22,7 @@ TauShape = Literal["cosine", "linear", "exp"]
 RankUpdate = Literal["shared", "optimizer", "prune"]
 RebalanceMoments = Literal["reset", "rescale"]
 Projection = Literal["cost", "even"]
+PruneScaling = Literal["ceiling", "between"]
 RankSignal = Literal["gradient", "spectrum", "sensitivity"]
 
 
@@ -81,6 +82,14 @@ class LRLoRAConfig:
         "harden_at < 1 and a probe (RankController(probe=...); the Trainer callback and the "
         "suites build one).",
         "shared",
+    )
+    prune_scaling: PruneScaling = _help(
+        "Under 'prune', the scaling the kept components train at after pruning (B is "
+        "rescaled there, so the output is kept). 'ceiling': the scaling the ceiling trained "
+        "at (s = alpha / r_max under scaling='max'). 'between': the geometric mean of that "
+        "and LoRA's at the budget rank, s = alpha / sqrt(r_max x budget rank): the ceiling's "
+        "scaling keeps sixteen components stable, but trains the few kept ones slowly.",
+        "ceiling",
     )
     rank_signal: RankSignal = _help(
         "What moves rho under the shared rank update. 'spectrum': each layer's rank rises "
@@ -285,6 +294,10 @@ class LRLoRAConfig:
             )
         if self.rebalance_every < 0:
             raise ValueError(f"rebalance_every must be >= 0, got {self.rebalance_every}.")
+        if self.prune_scaling not in ("ceiling", "between"):
+            raise ValueError(
+                f"prune_scaling must be 'ceiling' or 'between', got {self.prune_scaling!r}."
+            )
         if self.projection not in ("cost", "even"):
             raise ValueError(f"projection must be 'cost' or 'even', got {self.projection!r}.")
         if self.rebalance_moments not in ("reset", "rescale"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterator
 
@@ -125,6 +126,10 @@ def inject(model: nn.Module, config: LRLoRAConfig) -> nn.Module:
     init = config.init_rank or (ref if config.rank_mode == "budget" else config.r_max)
     if config.rank_update == "prune":  # LoRA at the ceiling until the controller prunes
         init = config.r_max if config.init_rank is None else config.init_rank
+    soft_ref = ref if config.scaling == "budget" else config.r_max
+    hard_ref = soft_ref
+    if config.rank_update == "prune" and config.prune_scaling == "between":
+        hard_ref = math.sqrt(soft_ref * ref)  # between the ceiling's scaling and the budget's
     for param in model.parameters():
         param.requires_grad_(False)
     for name in targets:
@@ -135,7 +140,8 @@ def inject(model: nn.Module, config: LRLoRAConfig) -> nn.Module:
             r_max=config.r_max,
             init_rank=min(init, config.r_max),
             alpha=config.alpha,
-            ref_rank=ref if config.scaling == "budget" else config.r_max,
+            ref_rank=soft_ref,
+            hard_ref_rank=hard_ref,
             dropout=config.dropout,
             sqrt_scaling=config.scaling == "sqrt",
         )

@@ -68,6 +68,8 @@ class LRLoRALinear(nn.Module):
         alpha: LoRA alpha.
         ref_rank: the rank in the denominator of the scaling (alpha / ref_rank), unless
             ``sqrt_scaling`` is set, in which case s = alpha / sqrt(r_eff).
+        hard_ref_rank: the same once the rank is hardened (default: ``ref_rank``); hardening
+            rescales B so that the output is kept.
         dropout: dropout probability on the adapter input.
     """
 
@@ -86,16 +88,20 @@ class LRLoRALinear(nn.Module):
         ref_rank: float,
         dropout: float = 0.0,
         sqrt_scaling: bool = False,
+        hard_ref_rank: float | None = None,
     ) -> None:
         super().__init__()
         if not is_adaptable(base):
             raise TypeError(f"LR-LoRA adapts nn.Linear or Conv1D, not {type(base).__name__}")
+        hard_ref_rank = ref_rank if hard_ref_rank is None else hard_ref_rank
         _check_arguments(r_max, init_rank, alpha, ref_rank, dropout)
+        _check_arguments(r_max, init_rank, alpha, hard_ref_rank, dropout)
         self.base = base
         self.fan_in_fan_out = not isinstance(base, nn.Linear)  # Conv1D: weight is (d_in, d_out)
         d_in, d_out = base.weight.shape if self.fan_in_fan_out else base.weight.shape[::-1]
         self.d_in, self.d_out, self.r_max = d_in, d_out, r_max
         self.alpha, self.ref_rank, self.sqrt_scaling = alpha, ref_rank, sqrt_scaling
+        self.hard_ref_rank = hard_ref_rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         weight = base.weight
         self.lora_A = nn.Parameter(
@@ -159,7 +165,7 @@ class LRLoRALinear(nn.Module):
 
     def scaling(self, gate: torch.Tensor | None = None) -> torch.Tensor | float:
         if not self.sqrt_scaling:
-            return self.alpha / self.ref_rank
+            return self.alpha / (self.hard_ref_rank if self.hardened else self.ref_rank)
         r_eff = (self.gate() if gate is None else gate).sum()
         return self.alpha / torch.sqrt(r_eff.clamp_min(1.0))
 
@@ -226,11 +232,12 @@ class LRLoRALinear(nn.Module):
         rank = self.current_hard_rank() if rank is None else int(rank)
         if not 0 <= rank <= self.r_max:
             raise ValueError(f"hard rank must be in [0, {self.r_max}], got {rank}")
-        # The kept components keep their output exactly: their gate (and, with sqrt scaling,
-        # the change from alpha / sqrt(r_eff) to alpha / sqrt(rank)) is folded into B. Only
-        # the closed components' output is lost (property 7 bounds it).
+        # The kept components keep their output exactly: their gate and the change of
+        # scaling (to alpha / hard_ref_rank, or with sqrt scaling from alpha / sqrt(r_eff)
+        # to alpha / sqrt(rank)) are folded into B. Only the closed components' output is
+        # lost (property 7 bounds it).
         g = self.gate()
-        soft_scale, hard_scale = self.scaling(g), self.alpha / self.ref_rank
+        soft_scale, hard_scale = self.scaling(g), self.alpha / self.hard_ref_rank
         if self.sqrt_scaling:
             hard_scale = self.alpha / math.sqrt(max(rank, 1))
         self.lora_B[:, :rank] *= (g[:rank] * (soft_scale / hard_scale)).to(self.lora_B.dtype)

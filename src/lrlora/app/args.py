@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import LRLoRAConfig, Projection, RankSignal, RankUpdate, RebalanceMoments, ScalingRule
+from ..config import (
+    LRLoRAConfig,
+    Projection,
+    PruneScaling,
+    RankSignal,
+    RankUpdate,
+    RebalanceMoments,
+    ScalingRule,
+)
 from ..util import field_help
 from .baselines import ADALORA_ORTH_REG_WEIGHT, SCALING
 from .models import MINILM_PACKAGE
@@ -116,6 +124,7 @@ class TrainArgs:
     rank_lr: float = _from_lrlora("rank_lr")
     rank_update: RankUpdate = _from_lrlora("rank_update")
     rank_signal: RankSignal = _from_lrlora("rank_signal")
+    prune_scaling: PruneScaling = _from_lrlora("prune_scaling")
     init_rank: float | None = _from_lrlora("init_rank")
     rebalance_every: int = _from_lrlora("rebalance_every")
     rebalance_exact: bool = _from_lrlora("rebalance_exact")

@@ -119,6 +119,7 @@ def test_penalty_mode_shrinks_ranks_and_accumulation_does_not_multiply_it():
             target_modules=r"layers\.\d+",
             r_max=6,
             rank_mode="penalty",
+            rank_update="shared",
             scaling="max",
             penalty=5.0,
             rank_lr=0.1,
@@ -412,7 +413,12 @@ def test_rank_signals_move_rank_to_the_layer_that_carries_the_update(signal):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
     config = lrlora.LRLoRAConfig(
-        target_modules=["0", "1"], r_max=6, budget_rank=3, rank_signal=signal, rank_lr=0.2
+        target_modules=["0", "1"],
+        r_max=6,
+        budget_rank=3,
+        rank_update="shared",
+        rank_signal=signal,
+        rank_lr=0.2,
     )
     lrlora.inject(model, config)
     optimizer = torch.optim.Adam(lrlora.optimizer_groups(model, lr=1e-2))
@@ -634,7 +640,8 @@ def test_prune_without_a_probe_is_refused_saying_how_to_give_one():
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"harden_at": 1.0}, "needs rank_mode='budget' and harden_at < 1"),
+        ({"harden_at": 1.0}, "needs harden_at < 1"),
+        ({"rank_mode": "penalty"}, "choose rank_update='shared' or 'optimizer'"),
         ({"harden_at": 0.5, "init_rank": 2.5}, "init_rank must be a whole number"),
     ],
 )

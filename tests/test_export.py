@@ -248,7 +248,10 @@ def test_export_loads_in_stock_peft_in_a_fresh_process(tmp_path, tokens, kind):
         config = bert_config(r_max=4, budget_rank=2)
     else:
         config = lrlora.LRLoRAConfig(
-            target_modules=["c_attn", "c_proj", "c_fc"], r_max=4, budget_rank=2
+            target_modules=["c_attn", "c_proj", "c_fc"],
+            r_max=4,
+            budget_rank=2,
+            rank_update="shared",
         )
     model = lrlora.inject(make(), config)
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=5e-2))

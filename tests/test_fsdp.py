@@ -90,7 +90,9 @@ def _mismatch_worker(rank, world, init_file, out_dir):
     torch.manual_seed(0)
     model = lrlora.inject(
         nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4)),
-        lrlora.LRLoRAConfig(target_modules=["0", "1"], r_max=4, budget_rank=2),
+        lrlora.LRLoRAConfig(
+            target_modules=["0", "1"], r_max=4, budget_rank=2, rank_update="shared"
+        ),  # fmt: skip
     )
     controller = lrlora.RankController(model, total_steps=4)
     controller.step()  # identical everywhere: passes

@@ -151,7 +151,12 @@ def test_adapter_and_controller_steps_never_wait_for_the_device():
     do one (measured cost before: 1.7x LoRA's step time on an H200)."""
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
     config = lrlora.LRLoRAConfig(
-        target_modules=["0", "2"], r_max=8, budget_rank=2, init_rank=8, rebalance_every=0
+        target_modules=["0", "2"],
+        r_max=8,
+        budget_rank=2,
+        init_rank=8,
+        rebalance_every=0,
+        rank_update="shared",
     )
     model = lrlora.inject(model, config).to(CUDA)
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=1e-2))

@@ -23,6 +23,11 @@ RankUpdate = Literal["shared", "optimizer", "prune"]
 RebalanceMoments = Literal["reset", "rescale"]
 Projection = Literal["cost", "even"]
 PruneScaling = Literal["ceiling", "between"]
+
+PRUNE_AT = 0.4
+"""Where ``rank_update='prune'`` prunes by default, as a fraction of training: earlier, the
+components are measured before they have grown; later, less of the run is left to train
+the kept ones (docs/METHOD.md)."""
 RankSignal = Literal["gradient", "spectrum", "sensitivity"]
 
 
@@ -69,19 +74,18 @@ class LRLoRAConfig:
     )
     rank_lr: float = _help("Learning rate of the rank parameters rho (no weight decay).", 0.02)
     rank_update: RankUpdate = _help(
-        "How rho follows its gradient. 'shared' (the default): the controller updates every "
-        "rho with Adam whose second moment is shared by all layers, so a layer whose loss "
-        "falls faster with rank moves faster (it needs the optimizer handed to the "
-        "controller, and takes rho's gradient before the optimizer sees it). 'optimizer': rho "
-        "is left to the training optimizer; Adam normalises each rho's gradient by its own "
-        "magnitude, so a layer's speed follows how steady its gradient is, not how large. "
-        "'prune': rho is not trained; every layer trains as LoRA at init_rank (default: the "
-        "ceiling r_max) until harden_at, where the controller measures what each component "
-        "is worth to the loss on a few probe batches and keeps the most valuable per "
-        "parameter, across layers, up to the budget (see docs/METHOD.md). It needs "
-        "harden_at < 1 and a probe (RankController(probe=...); the Trainer callback and the "
-        "suites build one).",
-        "shared",
+        "How each layer's rank is chosen. 'prune' (the default): rho is not trained; every "
+        "layer trains as LoRA at init_rank (default: the ceiling r_max) until harden_at, where "
+        "the controller measures what each component is worth to the loss on a few probe "
+        "batches and keeps the most valuable per parameter, across layers, up to the budget "
+        "(docs/METHOD.md). It needs harden_at < 1 and a probe (RankController(probe=...); "
+        "the Trainer callback, lrlora train and the suites build one). Of the updates below "
+        "it is the one that finds planted ranks (docs/RESULTS-planted.md). 'shared': the "
+        "controller moves every rho by its gradient through the soft gates, with Adam whose "
+        "second moment is shared by all layers (it needs the optimizer handed to the "
+        "controller). 'optimizer': rho is left to the training optimizer. Under both, the "
+        "allowance decays to the budget and no probe is needed.",
+        "prune",
     )
     prune_scaling: PruneScaling = _help(
         "Under 'prune', the scaling the kept components train at after pruning (B is "
@@ -89,7 +93,7 @@ class LRLoRAConfig:
         "at (s = alpha / r_max under scaling='max'). 'between': the geometric mean of that "
         "and LoRA's at the budget rank, s = alpha / sqrt(r_max x budget rank): the ceiling's "
         "scaling keeps sixteen components stable, but trains the few kept ones slowly.",
-        "ceiling",
+        "between",
     )
     rank_signal: RankSignal = _help(
         "What moves rho under the shared rank update. 'spectrum': each layer's rank rises "
@@ -120,11 +124,11 @@ class LRLoRAConfig:
     decay_end_frac: float = _help(
         "Fraction of training by which the allowance has decayed (cubically) to the budget.", 0.7
     )
-    harden_at: float = _help(
+    harden_at: float | None = _help(
         "Fraction of training after which the controller hardens the ranks itself, so that "
         "the remaining steps train the final adapter; 1.0 hardens only when harden() is "
-        "called at the end.",
-        1.0,
+        "called at the end. Default: 0.4 under rank_update='prune' (where it prunes), else 1.0.",
+        None,
     )
     projection: Projection = _help(
         "How the budget projection and the shared rank update weigh a layer's cost. 'cost': "
@@ -161,6 +165,8 @@ class LRLoRAConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+        if self.harden_at is None:
+            self.harden_at = PRUNE_AT if self.rank_update == "prune" else 1.0
         self._check_targets()
         self._check_ranks()
         self._check_rank_update()
@@ -245,11 +251,16 @@ class LRLoRAConfig:
                 "rank_update must be 'shared', 'optimizer' or 'prune', got "
                 f"{excerpt(self.rank_update)}."
             )
-        if self.rank_update == "prune" and (self.rank_mode != "budget" or self.harden_at >= 1):
+        if self.rank_update == "prune" and self.rank_mode != "budget":
+            raise ValueError(
+                "rank_mode='penalty' trades rank for loss while training, and "
+                "rank_update='prune' (the default) cuts the adapter to a budget: with "
+                "rank_mode='penalty' choose rank_update='shared' or 'optimizer'."
+            )
+        if self.rank_update == "prune" and self.harden_at >= 1:
             raise ValueError(
                 "rank_update='prune' cuts the adapter to the budget at harden_at: it needs "
-                "rank_mode='budget' and harden_at < 1 (e.g. 0.4), got "
-                f"rank_mode={self.rank_mode!r}, harden_at={self.harden_at}."
+                f"harden_at < 1 (e.g. 0.4), got harden_at={self.harden_at}."
             )
         whole = self.init_rank is None or self.init_rank == int(self.init_rank)
         if self.rank_update == "prune" and not whole:

@@ -136,7 +136,7 @@ class TrainArgs:
     tau_end: float = _from_lrlora("tau_end")
     warmup_frac: float = _from_lrlora("warmup_frac")
     decay_end_frac: float = _from_lrlora("decay_end_frac")
-    harden_at: float = _from_lrlora("harden_at")
+    harden_at: float | None = _from_lrlora("harden_at")
     adalora_orth_reg_weight: float = field_help(
         "AdaLoRA: weight of its orthogonality penalty on P and Q (peft's default 0.5 stops it "
         "learning in short runs; see docs/BASELINES.md).",

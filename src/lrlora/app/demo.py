@@ -54,15 +54,16 @@ def run(
         target_modules=r"layers\.\d+",
         r_max=r_max,
         alpha=r_max,
-        scaling="max",
         budget_rank=sum(true_ranks) / len(true_ranks),
-        init_rank=r_max,
-        rank_lr=0.05,
-        rebalance_every=25,
     )
     inject(student, config)
     optimizer = torch.optim.Adam(optimizer_groups(student, lr=1e-2))
-    controller = RankController(student, optimizer, total_steps=steps)
+    probes = [torch.randn(64, d) for _ in range(RankController.PROBE_BATCHES)]
+
+    def probe(i: int) -> torch.Tensor:  # what pruning measures the components on
+        return (student(probes[i]) - teacher(probes[i])).pow(2).mean()
+
+    controller = RankController(student, optimizer, total_steps=steps, probe=probe)
     for _ in range(steps):
         x = torch.randn(64, d)
         loss = (student(x) - teacher(x)).pow(2).mean()

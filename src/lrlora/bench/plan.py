@@ -88,12 +88,19 @@ METHOD_SETTINGS = {
 its task's sizing: the shared ones and the ``TrainArgs`` fields marked as the method's own
 (LR-LoRA: r_max, rank_lr, init_rank, rebalance_every, ...; AdaLoRA: its orthogonality
 penalty)."""
-LEGACY_SETTINGS = {"scaling": "budget", "rebalance_every": 50, "rank_update": "optimizer"}
+LEGACY_SETTINGS = {
+    "scaling": "budget",
+    "rebalance_every": 50,
+    "rank_update": "optimizer",
+    "harden_at": 1.0,
+    "prune_scaling": "ceiling",
+}
 """What a result recorded before a setting was stored ran at, where that differs from today's
 default (LR-LoRA's scaling was 'budget' until the ablations made 'max' the default, it
-re-balanced every 50 steps until the GPU sweep, and its rho was left to the optimizer before
-the shared rank update existed). A setting missing from an older result
-otherwise counts as today's default."""
+re-balanced every 50 steps until the GPU sweep, its rho was left to the optimizer before
+the shared rank update existed, it hardened at the end before harden_at existed, and pruned
+runs kept the ceiling's scaling before prune_scaling existed). A setting missing from an
+older result otherwise counts as today's default."""
 
 
 def settings(train_args: dict[str, Any], method: str) -> dict[str, Any]:

@@ -89,3 +89,28 @@ def test_the_callback_gives_a_pruning_controller_a_probe_from_the_training_data(
     lrlora.export_peft(model, tmp_path / "peft")
     saved = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert saved["rank_pattern"] == {n: r for n, r in controller.hard_ranks().items() if r > 0}
+
+
+def test_the_probe_batches_as_training_does_when_the_loader_has_no_batch_size():
+    """The Trainer's loaders (accelerate's) batch through a batch sampler and leave
+    ``batch_size`` None; the probe must still use training-sized batches (it used single
+    rows, which made pruning measure on 8 examples)."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+
+    from lrlora.hf import training_probe
+
+    rows = [{"x": torch.tensor([float(i)])} for i in range(40)]
+    loader = DataLoader(rows, batch_sampler=BatchSampler(SequentialSampler(rows), 4, False))
+    assert loader.batch_size is None
+    seen = []
+
+    def model(**batch):
+        seen.append(batch["x"].flatten().tolist())
+        return SimpleNamespace(loss=batch["x"].sum())
+
+    probe = training_probe(model, loader, 8, torch.device("cpu"))
+    for i in range(8):
+        probe(i)
+    assert seen == [[float(j) for j in range(4 * i, 4 * i + 4)] for i in range(8)]

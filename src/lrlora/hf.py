@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 from .controller import RankController
@@ -81,12 +82,24 @@ def training_probe(
 ) -> Callable[[int], torch.Tensor]:
     """A probe for ``rank_update='prune'``: ``probe(i)`` is the model's loss on the i-th
     batch of the first rows of the training set, collated as training collates them (read
-    from the dataset in order, so the training data's shuffling is not disturbed)."""
-    dataset, collate, size = loader.dataset, loader.collate_fn, loader.batch_size or 1
+    from the dataset in order, so the training data's shuffling is not disturbed).
+
+    Under data parallelism a batch is the global one (the per-process size times the number
+    of processes) and each process takes its share of its rows; the controller sums the
+    processes' measurements, so the components kept are those a single process with the
+    same global batch keeps."""
+    world, rank = 1, 0
+    if dist.is_available() and dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    dataset, collate = loader.dataset, loader.collate_fn
+    # accelerate's loaders batch through their batch sampler and leave batch_size None
+    per_process = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 1
+    size = per_process * world
     rows = min(len(dataset), batches * size)
     if rows == 0:
         raise ValueError("rank_update='prune' needs training rows to probe, and there are none")
     chunks = [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
+    chunks = [chunk[rank::world] or chunk for chunk in chunks]  # a share of every batch
     cached: dict[int, dict[str, Any]] = {}
 
     def probe(i: int) -> torch.Tensor:

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 # the kill (after step 11) falls after the checkpoint of step 8, mid-epoch.
 SETTINGS = dict(max_steps=24, batch_size=4, train_limit=40, eval_limit=16, budget_rank=2,
                 lr=5e-3, rank_lr=0.2, log_every=4, log_ranks_every=4, rebalance_every=4,
-                checkpoint_every=8)  # fmt: skip
+                checkpoint_every=8, precision="fp32")  # fmt: skip
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 # Runs `lrlora train` and parks it before step `stop_after + 1`, touching `marker`.
@@ -119,8 +119,8 @@ def test_non_finite_loss_names_the_layer_and_keeps_the_last_checkpoint(
     def poisoning_step(self):
         step(self)
         if self.step_count == 5:
-            with torch.no_grad():
-                self.layers[3].rho.fill_(float("nan"))
+            with torch.no_grad():  # after pruning (step 3 of 8) B is what trains
+                self.layers[3].lora_B.fill_(float("nan"))
             poisoned.append(self.names[3])
 
     monkeypatch.setattr(RankController, "step", poisoning_step)
@@ -130,8 +130,9 @@ def test_non_finite_loss_names_the_layer_and_keeps_the_last_checkpoint(
         train(args)
     last_good = tmp_path / "run.checkpoints" / "step-00000004"
     error = caught.value
-    assert error.step == 6 and error.bad[0] == f"{poisoned[0]}.rho"
-    assert "loss is nan at step 6" in str(error) and f"Non-finite: {poisoned[0]}.rho," in str(error)
+    assert error.step == 6 and error.bad[0] == f"{poisoned[0]}.lora_B"
+    assert "loss is nan at step 6" in str(error)
+    assert f"Non-finite: {poisoned[0]}.lora_B," in str(error)
     assert f"The last good checkpoint is {last_good}" in str(error) and "--resume" in str(error)
     assert [p.name for p in last_good.parent.iterdir()] == [last_good.name]
     assert not (tmp_path / "run").exists()

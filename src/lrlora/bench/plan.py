@@ -77,7 +77,12 @@ class RunSpec:
         return self.id.replace("/", "__") + ".json"
 
 
-SHARED_SETTINGS = ("alpha", "dropout", "weight_decay", "warmup_ratio")
+BENCH_PRECISION = "fp32"
+"""Every method of a matrix trains in one precision, whatever the machine: ``lrlora train``'s
+'auto' takes bf16 where the CPU has it, and results from machines with and without it
+would not compare (every result before the setting was recorded is fp32). A variant may
+set another (``lr-lora+precision=bf16``)."""
+SHARED_SETTINGS = ("alpha", "dropout", "weight_decay", "warmup_ratio", "precision")
 METHOD_SETTINGS = {
     method: tuple(
         f.name for f in dataclasses.fields(TrainArgs) if f.metadata.get("method") == method
@@ -94,6 +99,7 @@ LEGACY_SETTINGS = {
     "rank_update": "optimizer",
     "harden_at": 1.0,
     "prune_scaling": "ceiling",
+    "precision": "fp32",
 }
 """What a result recorded before a setting was stored ran at, where that differs from today's
 default (LR-LoRA's scaling was 'budget' until the ablations made 'max' the default, it
@@ -115,6 +121,7 @@ def planned_settings(method: str, task: str, budget_rank: int) -> dict[str, Any]
     resolved for the budget) and a variant's changes."""
     base, changes = split_method(method)
     changes.setdefault("budget_rank", budget_rank)
+    changes.setdefault("precision", BENCH_PRECISION)
     args = TrainArgs(task=task, method=base, **changes)
     return settings(args.to_dict(), method)
 

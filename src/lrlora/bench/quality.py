@@ -32,6 +32,7 @@ from ..app.train import METHODS, NonFiniteLossError, TrainArgs, train
 from ..util import field_help, versions, write_json_atomic
 from . import long_md, planted_suite
 from .plan import (
+    BENCH_PRECISION,
     FINAL,
     LR_CHOICE_FILE,
     TUNE,
@@ -216,7 +217,7 @@ def train_args(spec: RunSpec, plan: BenchPlan, args: BenchArgs) -> TrainArgs:
         train_limit=sizing.train_limit,
         eval_limit=sizing.eval_limit,
         val_fraction=sizing.val_fraction if tune else 0.0,
-        **changes,
+        **{"precision": BENCH_PRECISION, **changes},
     )
 
 

@@ -221,9 +221,13 @@ def _adalora(model: nn.Module, args: SpeedArgs, targets: list[str], heads: list[
 def _lrlora(model: nn.Module, args: SpeedArgs, targets: list[str], heads: list[str]) -> Variant:
     """Ceiling R, budget R/2, scaling 2 as the baselines; rebalance_every at its default.
     Every layer starts at rank R, so the allowance shrinks and the budget projection runs
-    from the end of the warm-up on (and the hardened ranks differ by layer size)."""
+    from the end of the warm-up on (and the hardened ranks differ by layer size). The soft
+    rank update (``rank_update='shared'``): its step, with the rank update and projection
+    every step, is the most LR-LoRA's step costs. Pruning (the default) trains the same
+    forward at rank R until it prunes, once, and LoRA at the kept ranks after it."""
     budget = args.rank / 2
     config = LRLoRAConfig(
+        rank_update="shared",
         target_modules=targets,
         modules_to_save=heads,
         r_max=args.rank,

@@ -485,9 +485,41 @@ def rank_figure(task: str, results: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def recorded_as_named(result: dict[str, Any]) -> bool:
+    """The result ran with the settings its method's name gives today: an LR-LoRA run
+    recorded under former defaults (its name says only what it changed from them) is not."""
+    method, overrides = split_variant(result["method"])
+    if method != "lr-lora":
+        return True
+    try:
+        today = lr_lora_settings(overrides, PlantedSizing(**result["sizing"]))
+    except ValueError:  # its changes do not make a config under today's defaults
+        return False
+    return result.get("settings") == today
+
+
+def _former_section(former: list[dict], baselines: list[dict]) -> list[str]:
+    """The LR-LoRA runs recorded under former defaults, kept in the record."""
+    if not former:
+        return []
+    return [
+        "## Runs under former defaults", "",
+        "LR-LoRA runs recorded before pruning became the default (`rank_update='shared'`, "
+        "hardening at the end unless the name says otherwise; each name lists what it "
+        "changed from the defaults of its day, its result file holds every setting), "
+        "against today's baselines.", "",
+        *score_table(former), "",
+        *target_rows(former + baselines), "",
+        *seed_rows(former), "",
+    ]  # fmt: skip
+
+
 def write_report(results_dir: Path, docs_dir: Path, command: list[str]) -> Path:
     """docs/RESULTS-planted.md and one rank figure per pattern, from the result files."""
-    results = load_results(results_dir)
+    everything = load_results(results_dir)
+    results = [r for r in everything if recorded_as_named(r)]
+    former = [r for r in everything if not recorded_as_named(r)]
+    baselines = [r for r in results if r["method"] in ("lora", "oracle")]
     lines = [
         "# The planted-rank proving ground",
         "",
@@ -517,6 +549,7 @@ def write_report(results_dir: Path, docs_dir: Path, command: list[str]) -> Path:
             *target_rows(results), "",
             "## Every run", "",
             *seed_rows(results), "",
+            *_former_section(former, baselines),
             "## Planted and learned ranks", "",
         ]  # fmt: skip
         for (task,), group in sorted(_by(results, "task").items()):

@@ -238,13 +238,20 @@ assert "lrlora" not in sys.modules
 """
 
 
-@pytest.mark.parametrize("kind", ["seq", "gpt2"])
+@pytest.mark.parametrize("kind", ["seq", "gpt2", "pruned"])
 def test_export_loads_in_stock_peft_in_a_fresh_process(tmp_path, tokens, kind):
+    """Also for the default, pruning, whose kept components change scaling when pruned."""
     from safetensors.torch import load_file, save_file
 
+    pruned, kind = kind == "pruned", "seq" if kind == "pruned" else kind
     make = tiny_bert if kind == "seq" else tiny_gpt2
     make().save_pretrained(tmp_path / "base")
-    if kind == "seq":
+    batches = random_batches(6)
+    probe = None
+    if pruned:
+        config = bert_config(r_max=4, budget_rank=2, rank_update="prune", harden_at=0.5)
+        probe = lambda i: model(batches[i % 6][0], labels=batches[i % 6][1]).loss  # noqa: E731
+    elif kind == "seq":
         config = bert_config(r_max=4, budget_rank=2)
     else:
         config = lrlora.LRLoRAConfig(
@@ -255,15 +262,16 @@ def test_export_loads_in_stock_peft_in_a_fresh_process(tmp_path, tokens, kind):
         )
     model = lrlora.inject(make(), config)
     optimizer = torch.optim.AdamW(lrlora.optimizer_groups(model, lr=5e-2))
-    controller = lrlora.RankController(model, optimizer, total_steps=6)
-    for tokens_, labels in random_batches(6):
+    controller = lrlora.RankController(model, optimizer, total_steps=6, probe=probe)
+    for tokens_, labels in batches:
         out = model(tokens_, labels=labels if kind == "seq" else tokens_)
         out.loss.backward()
         optimizer.step()
         controller.step()
         optimizer.zero_grad()
-    with torch.no_grad():
-        lrlora.lora_layers(model).__next__()[1].rho.fill_(0.0)  # one rank-0 layer to leave out
+    if not pruned:  # one rank-0 layer to leave out (pruning leaves out its own)
+        with torch.no_grad():
+            lrlora.lora_layers(model).__next__()[1].rho.fill_(0.0)
     controller.harden()
     with torch.no_grad():
         expected = model(tokens).logits
@@ -271,8 +279,8 @@ def test_export_loads_in_stock_peft_in_a_fresh_process(tmp_path, tokens, kind):
     assert not torch.allclose(expected, base_logits, atol=1e-4)
     lrlora.export_peft(model, tmp_path / "peft")
     peft_config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
-    first = next(iter(lrlora.lora_layers(model)))[0]
-    assert first not in peft_config["rank_pattern"]
+    zero = [name for name, rank in controller.hard_ranks().items() if rank == 0]
+    assert (zero or pruned) and not set(zero) & set(peft_config["rank_pattern"])
     assert all(isinstance(r, int) and r > 0 for r in peft_config["rank_pattern"].values())
     save_file({"tokens": tokens}, str(tmp_path / "tokens.safetensors"))
     script = tmp_path / "load.py"

@@ -559,6 +559,38 @@ def test_prune_trains_lora_at_the_ceiling_then_keeps_the_components_the_loss_nee
     ).pow(2).mean()
 
 
+def test_two_stage_pruning_first_keeps_twice_the_budget_then_the_budget():
+    """prune_stages=2: at 5/8 of harden_at the controller keeps the most valuable components
+    up to twice the budget and closes the rest (rho = the kept count, gates 1 below it and
+    0 above); at harden_at it cuts to the budget, and the rank still goes where it must."""
+    model, target, probes = _planted_pair()
+    config = lrlora.LRLoRAConfig(target_modules=["0", "1"], r_max=4, budget_rank=1,
+                                 rank_update="prune", harden_at=0.5, prune_stages=2)  # fmt: skip
+    lrlora.inject(model, config)
+    optimizer = torch.optim.Adam(lrlora.optimizer_groups(model, lr=2e-2))
+    probe = lambda i: (model(probes[i]) - target(probes[i])).pow(2).mean()  # noqa: E731
+    controller = lrlora.RankController(model, optimizer, total_steps=120, probe=probe)
+    layers = [layer for _, layer in lrlora.lora_layers(model)]
+    assert controller.first_cut_step == 38  # 5/8 of the 60 steps before harden_at
+    for step in range(1, 121):
+        x = torch.randn(32, 8)
+        (model(x) - target(x)).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step == 37:
+            assert all(torch.equal(layer.gate(), torch.ones(4)) for layer in layers)
+        if step == 38:
+            kept = [int(layer.rho) for layer in layers]
+            cost = sum(k * layer.cost_per_rank for k, layer in zip(kept, layers, strict=True))
+            assert controller.target_params < cost <= 2 * controller.target_params
+            for k, layer in zip(kept, layers, strict=True):
+                assert torch.equal(layer.gate(), (torch.arange(4) < k).float())
+                assert not torch.any(layer.lora_B[:, k:])
+            assert not controller.hardened
+    assert controller.hard_ranks() == {"0": 2, "1": 0}
+    assert controller.adapter_params() <= controller.target_params
+
+
 def _pruned_pair(prune_scaling):
     """The planted pair pruned at step 10 of 20 under ``prune_scaling``: (ranks, output on a
     probe batch, the first layer's scaling) right after pruning."""
@@ -642,6 +674,7 @@ def test_prune_without_a_probe_is_refused_saying_how_to_give_one():
     [
         ({"harden_at": 1.0}, "needs harden_at < 1"),
         ({"rank_mode": "penalty"}, "choose rank_update='shared' or 'optimizer'"),
+        ({"prune_stages": 3}, "prune_stages must be 1 or 2"),
         ({"harden_at": 0.5, "init_rank": 2.5}, "init_rank must be a whole number"),
     ],
 )

@@ -95,6 +95,12 @@ class LRLoRAConfig:
         "scaling keeps sixteen components stable, but trains the few kept ones slowly.",
         "between",
     )
+    prune_stages: int = _help(
+        "Under 'prune', the cuts that lead to the budget: 1 cuts once, at harden_at; 2 first "
+        "keeps twice the budget at 5/8 of harden_at, so that what survives it trains longer "
+        "before the final cut measures it (docs/METHOD.md).",
+        1,
+    )
     rank_signal: RankSignal = _help(
         "What moves rho under the shared rank update. 'spectrum': each layer's rank rises "
         "in proportion to the singular value of its gated update at the rank boundary (what "
@@ -305,6 +311,8 @@ class LRLoRAConfig:
             )
         if self.rebalance_every < 0:
             raise ValueError(f"rebalance_every must be >= 0, got {self.rebalance_every}.")
+        if self.prune_stages not in (1, 2):
+            raise ValueError(f"prune_stages must be 1 or 2, got {self.prune_stages!r}.")
         if self.prune_scaling not in ("ceiling", "between"):
             raise ValueError(
                 f"prune_scaling must be 'ceiling' or 'between', got {self.prune_scaling!r}."

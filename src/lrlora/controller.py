@@ -112,6 +112,10 @@ class RankController:
     """Random directions per probe batch for the second derivative (Hutchinson)."""
     PROBE_STEP = 0.05
     """The gates' change in the central difference of the gradient (second derivative)."""
+    FIRST_CUT_AT = 0.625
+    """With ``prune_stages=2``: the first cut comes at this fraction of ``harden_at``."""
+    FIRST_CUT_KEEP = 2.0
+    """With ``prune_stages=2``: the first cut keeps this many times the budget."""
     OPEN_TAU = 1e-3
     """The gate temperature of ``rank_update='prune'`` before pruning: every gate below rho
     is exactly 1 (sigmoid(500)), so the layers are LoRA at rank rho."""
@@ -217,6 +221,15 @@ class RankController:
     def soft_steps(self) -> int:
         """The steps before the controller hardens the ranks (all of them if harden_at=1)."""
         return max(1, round(self.config.harden_at * self.total_steps))
+
+    @property
+    def first_cut_step(self) -> int | None:
+        """``prune_stages=2``: the step after which the first cut keeps twice the budget
+        (None if there is none, or it would not come before the final one)."""
+        if not self.prunes or self.config.prune_stages < 2:
+            return None
+        step = max(1, round(self.FIRST_CUT_AT * self.config.harden_at * self.total_steps))
+        return step if step < self.soft_steps else None
 
     @property
     def allowance(self) -> float:
@@ -448,6 +461,8 @@ class RankController:
         if self.prunes:  # LoRA at the starting rank until harden_at: nothing moves
             if self.step_count == 1:  # say it now, not at harden_at
                 self._require_probe()
+            if self.step_count == self.first_cut_step:  # once, and never again on resume
+                self._first_cut()
             self._fill([layer.steps for layer in self.layers], self.step_count)
             return
         # Everything here stays on the rho's device and never waits for it: on a GPU one
@@ -622,11 +637,12 @@ class RankController:
                 "rank_update='shared' in the config, which needs no probe)."
             )
 
-    def _prune(self) -> list[int]:
-        """``rank_update='prune'``: re-factor every layer by SVD (exact: its gates are open),
-        measure each component's value (:meth:`component_values`), keep the most valuable
-        per parameter across layers up to the budget, and move the kept ones to the front.
-        The optimizer's moments of A and B are dropped: they belong to the old factors."""
+    def _prune(self, budget: float | None = None) -> list[int]:
+        """``rank_update='prune'``: re-factor every layer by SVD (exact: its gates are 1 or
+        0), measure each component's value (:meth:`component_values`), keep the most
+        valuable per parameter across layers up to ``budget`` (default: the budget), and
+        move the kept ones to the front. The optimizer's moments of A and B are dropped:
+        they belong to the old factors."""
         self._refuse_sharded("pruning")
         self._require_probe()
         generator = torch.Generator().manual_seed(self.step_count)
@@ -634,13 +650,22 @@ class RankController:
             layer.rebalance(generator)
         values = self.component_values().tolist()
         costs = [layer.cost_per_rank for layer in self.layers]
-        kept = most_valuable(values, costs, self.target_params)
+        kept = most_valuable(values, costs, self.target_params if budget is None else budget)
         for layer, indices in zip(self.layers, kept, strict=True):
             layer.keep_components(indices)
             if self.optimizer is not None:
                 self.optimizer.state.pop(layer.lora_A, None)
                 self.optimizer.state.pop(layer.lora_B, None)
         return [len(indices) for indices in kept]
+
+    @torch.no_grad()
+    def _first_cut(self) -> None:
+        """``prune_stages=2``: keep the most valuable components up to twice the budget and
+        close the rest (rho = the kept count; at the open temperature the gates are 1 below
+        it and 0 above), so that the kept ones train longer before the final cut."""
+        ranks = self._prune(self.FIRST_CUT_KEEP * self.target_params)
+        for layer, rank in zip(self.layers, ranks, strict=True):
+            layer.rho.fill_(float(rank))
 
     def component_values(self) -> torch.Tensor:
         """What each component is worth to the loss (L, R), from a quadratic model of the

@@ -125,6 +125,7 @@ class TrainArgs:
     rank_update: RankUpdate = _from_lrlora("rank_update")
     rank_signal: RankSignal = _from_lrlora("rank_signal")
     prune_scaling: PruneScaling = _from_lrlora("prune_scaling")
+    prune_stages: int = _from_lrlora("prune_stages")
     init_rank: float | None = _from_lrlora("init_rank")
     rebalance_every: int = _from_lrlora("rebalance_every")
     rebalance_exact: bool = _from_lrlora("rebalance_exact")

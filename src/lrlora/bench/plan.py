@@ -27,6 +27,7 @@ from typing import Any
 
 from ..app.args import METHODS, TrainArgs
 from ..app.runs import SHAPES
+from ..config import PRUNE_AT
 from ..util import shape_mismatch
 from .suites import Matrix, TaskSizing, base_method, is_variant
 from .variants import split_method
@@ -113,7 +114,12 @@ def settings(train_args: dict[str, Any], method: str) -> dict[str, Any]:
     """The settings of ``method`` (a method or variant name) in a result's ``train_args``."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainArgs)}
     keys = SHARED_SETTINGS + METHOD_SETTINGS.get(base_method(method), ())
-    return {k: train_args.get(k, LEGACY_SETTINGS.get(k, defaults[k])) for k in keys}
+    found = {k: train_args.get(k, LEGACY_SETTINGS.get(k, defaults[k])) for k in keys}
+    if "harden_at" in found and found["harden_at"] is None:  # the rank update's default
+        found["harden_at"] = PRUNE_AT if found.get("rank_update") == "prune" else 1.0
+    if "prune_scaling" in found and found.get("rank_update") != "prune":
+        found["prune_scaling"] = None  # only pruning uses it
+    return found
 
 
 def planned_settings(method: str, task: str, budget_rank: int) -> dict[str, Any]:

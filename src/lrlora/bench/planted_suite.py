@@ -191,13 +191,30 @@ def read_result(path: Path) -> dict[str, Any] | None:
     return data
 
 
+LEGACY_SETTINGS = {"prune_scaling": "ceiling"}
+"""What an LR-LoRA result recorded before a setting existed ran at, where that differs from
+today's default (pruned runs kept the ceiling's scaling before ``prune_scaling``). Any other
+setting missing from a result counts as today's default."""
+
+
+def same_settings(recorded: dict[str, Any] | None, today: dict[str, Any] | None) -> bool:
+    """``recorded`` (a result's LR-LoRA settings) are ``today``'s, a setting missing from it
+    counting as :data:`LEGACY_SETTINGS` or today's default."""
+    if recorded is None or today is None:
+        return recorded == today
+    filled = {k: recorded.get(k, LEGACY_SETTINGS.get(k, v)) for k, v in today.items()}
+    return filled == today and set(recorded) <= set(today)
+
+
 def finished(path: Path, run: PlantedRun, sizing: PlantedSizing) -> dict[str, Any] | None:
     """The result at ``path`` if it is a finished run of ``run`` at ``sizing``; else None."""
     data = read_result(path)
     if data is None or data["id"] != run.id:
         return None
     want = expected(run, sizing)
-    return data if all(data.get(k) == v for k, v in want.items()) else None
+    if not same_settings(data.get("settings"), want["settings"]):
+        return None
+    return data if all(data.get(k) == want[k] for k in ("sizing", "pattern")) else None
 
 
 @dataclass
@@ -495,7 +512,7 @@ def recorded_as_named(result: dict[str, Any]) -> bool:
         today = lr_lora_settings(overrides, PlantedSizing(**result["sizing"]))
     except ValueError:  # its changes do not make a config under today's defaults
         return False
-    return result.get("settings") == today
+    return same_settings(result.get("settings"), today)
 
 
 def _former_section(former: list[dict], baselines: list[dict]) -> list[str]:

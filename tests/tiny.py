@@ -46,7 +46,7 @@ def bert_config(**overrides) -> lrlora.LRLoRAConfig:
         modules_to_save=["classifier"],
         r_max=4,
         budget_rank=2,
-        rank_update="shared",  # the soft gates' mechanics; pruning (the default) has its own
+        rank_update="shared",  # the soft gates' mechanics; pruning has tests of its own
         rebalance_every=5,
     )
     settings.update(overrides)

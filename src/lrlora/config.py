@@ -74,18 +74,19 @@ class LRLoRAConfig:
     )
     rank_lr: float = _help("Learning rate of the rank parameters rho (no weight decay).", 0.02)
     rank_update: RankUpdate = _help(
-        "How each layer's rank is chosen. 'prune' (the default): rho is not trained; every "
-        "layer trains as LoRA at init_rank (default: the ceiling r_max) until harden_at, where "
-        "the controller measures what each component is worth to the loss on a few probe "
-        "batches and keeps the most valuable per parameter, across layers, up to the budget "
-        "(docs/METHOD.md). It needs harden_at < 1 and a probe (RankController(probe=...); "
-        "the Trainer callback, lrlora train and the suites build one). Of the updates below "
-        "it is the one that finds planted ranks (docs/RESULTS-planted.md). 'shared': the "
-        "controller moves every rho by its gradient through the soft gates, with Adam whose "
-        "second moment is shared by all layers (it needs the optimizer handed to the "
-        "controller). 'optimizer': rho is left to the training optimizer. Under both, the "
-        "allowance decays to the budget and no probe is needed.",
-        "prune",
+        "How each layer's rank is chosen. 'shared' (the default): the controller moves every "
+        "rho by its gradient through the soft gates, with Adam whose second moment is shared "
+        "by all layers (it needs the optimizer handed to the controller), while the "
+        "allowance decays to the budget. 'optimizer': rho is left to the training "
+        "optimizer. 'prune': rho is not trained; every layer trains as LoRA at init_rank "
+        "(default: the ceiling r_max) until harden_at, where the controller measures what "
+        "each component is worth to the loss on a few probe batches and keeps the most "
+        "valuable per parameter, across layers, up to the budget. It needs a probe "
+        "(RankController(probe=...); the Trainer callback, lrlora train and the suites build "
+        "one). Pruning is the update that finds planted ranks (docs/RESULTS-planted.md); it "
+        "is not the default yet because on the GLUE matrix it lost STS-B at the learning "
+        "rate its tuning chose (docs/METHOD.md).",
+        "shared",
     )
     prune_scaling: PruneScaling = _help(
         "Under 'prune', the scaling the kept components train at after pruning (B is "
@@ -260,7 +261,7 @@ class LRLoRAConfig:
         if self.rank_update == "prune" and self.rank_mode != "budget":
             raise ValueError(
                 "rank_mode='penalty' trades rank for loss while training, and "
-                "rank_update='prune' (the default) cuts the adapter to a budget: with "
+                "rank_update='prune' cuts the adapter to a budget: with "
                 "rank_mode='penalty' choose rank_update='shared' or 'optimizer'."
             )
         if self.rank_update == "prune" and self.harden_at >= 1:

@@ -247,7 +247,7 @@ def test_a_result_of_another_sizing_is_stale_and_kept_aside(matrix, tmp_path):
 
 def test_a_result_of_other_method_settings_is_stale_and_kept_aside(matrix, tmp_path):
     spec = tuning_runs(matrix, "sst2", "lr-lora")[0]
-    current = TrainArgs(task="sst2", method="lr-lora").to_dict()
+    current = TrainArgs(task="sst2", method="lr-lora", precision="fp32").to_dict()  # as run
     record = {**fake_result(spec, 90.0), "train_args": current}
     path = tmp_path / spec.filename
     path.write_text(json.dumps(record))
@@ -257,6 +257,12 @@ def test_a_result_of_other_method_settings_is_stale_and_kept_aside(matrix, tmp_p
     assert spec.id in build_plan(matrix, tmp_path).done
     old_rank_lr = {**current, "rank_lr": current["rank_lr"] * 10}
     path.write_text(json.dumps({**record, "train_args": old_rank_lr}))
+    assert spec.id not in build_plan(matrix, tmp_path).done
+    # 'auto' counts as the precision it resolved to; bf16 is another setting than fp32.
+    auto = {**record, "train_args": {**current, "precision": "auto"}}
+    path.write_text(json.dumps({**auto, "resolved": {"precision": "fp32"}}))
+    assert spec.id in build_plan(matrix, tmp_path).done
+    path.write_text(json.dumps({**auto, "resolved": {"precision": "bf16"}}))
     assert spec.id not in build_plan(matrix, tmp_path).done
     # Recorded before 'scaling' was stored: it ran at the old default, 'budget'.
     before_scaling = {k: v for k, v in current.items() if k != "scaling"}
@@ -293,7 +299,7 @@ def test_a_stale_result_cannot_choose_where_it_is_moved(matrix, tmp_path):
 
 
 def test_settings_of_another_method_do_not_make_a_result_stale():
-    lora = TrainArgs(task="sst2", method="lora").to_dict()
+    lora = TrainArgs(task="sst2", method="lora", precision="fp32").to_dict()  # as run
     default_scaling = lora.pop("scaling")  # LR-LoRA's setting, absent from an old LoRA result
     assert settings(lora, "lora") == planned_settings("lora", "sst2", 4)
     variant = "lr-lora+rank_lr=0.3"

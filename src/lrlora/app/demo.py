@@ -55,6 +55,7 @@ def run(
         r_max=r_max,
         alpha=r_max,
         budget_rank=sum(true_ranks) / len(true_ranks),
+        rank_update="prune",
     )
     inject(student, config)
     optimizer = torch.optim.Adam(optimizer_groups(student, lr=1e-2))

@@ -91,7 +91,8 @@ def _unlike_today(plan: BenchPlan, result: dict[str, Any]) -> tuple[dict, dict]:
     m, method, task = plan.matrix, result["method"], result["task"]
     today = planned_settings(method, task, m.budget_rank)
     train_args = result.get("train_args")
-    recorded = settings(train_args, method) if isinstance(train_args, dict) else today
+    resolved = result.get("resolved")
+    recorded = settings(train_args, method, resolved) if isinstance(train_args, dict) else today
     unlike = {k: v for k, v in recorded.items() if today.get(k) != v}
     sizing, now = result.get("sizing") or {}, m.sizing[task].identity()
     unlike.update({k: sizing[k] for k in now if k in sizing and sizing[k] != now[k]})

@@ -110,15 +110,22 @@ runs kept the ceiling's scaling before prune_scaling existed). A setting missing
 older result otherwise counts as today's default."""
 
 
-def settings(train_args: dict[str, Any], method: str) -> dict[str, Any]:
-    """The settings of ``method`` (a method or variant name) in a result's ``train_args``."""
+def settings(
+    train_args: dict[str, Any], method: str, resolved: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The settings of ``method`` (a method or variant name) in a result's ``train_args``;
+    ``resolved`` (the result's) says what an ``auto`` precision trained in."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainArgs)}
     keys = SHARED_SETTINGS + METHOD_SETTINGS.get(base_method(method), ())
     found = {k: train_args.get(k, LEGACY_SETTINGS.get(k, defaults[k])) for k in keys}
     if "harden_at" in found and found["harden_at"] is None:  # the rank update's default
         found["harden_at"] = PRUNE_AT if found.get("rank_update") == "prune" else 1.0
-    if "prune_scaling" in found and found.get("rank_update") != "prune":
-        found["prune_scaling"] = None  # only pruning uses it
+    if found.get("precision") == "auto" and (resolved or {}).get("precision"):
+        found["precision"] = resolved["precision"]
+    if found.get("rank_update") != "prune":  # settings only pruning reads
+        for key in ("prune_scaling", "prune_stages"):
+            if key in found:
+                found[key] = None
     return found
 
 
@@ -178,7 +185,8 @@ def is_stale(
     train_args = result.get("train_args")
     if method_settings is None or not isinstance(train_args, dict):
         return False
-    return settings(train_args, result.get("method", "")) != method_settings
+    recorded = settings(train_args, result.get("method", ""), result.get("resolved"))
+    return recorded != method_settings
 
 
 def result_score(result: dict[str, Any]) -> float | None:

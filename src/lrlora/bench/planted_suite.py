@@ -192,6 +192,7 @@ def read_result(path: Path) -> dict[str, Any] | None:
 
 
 LEGACY_SETTINGS = {"prune_scaling": "ceiling"}
+PRUNE_ONLY = ("prune_scaling", "prune_stages")
 """What an LR-LoRA result recorded before a setting existed ran at, where that differs from
 today's default (pruned runs kept the ceiling's scaling before ``prune_scaling``). Any other
 setting missing from a result counts as today's default."""
@@ -203,6 +204,9 @@ def same_settings(recorded: dict[str, Any] | None, today: dict[str, Any] | None)
     if recorded is None or today is None:
         return recorded == today
     filled = {k: recorded.get(k, LEGACY_SETTINGS.get(k, v)) for k, v in today.items()}
+    if today.get("rank_update") != "prune":  # settings only pruning reads
+        for key in PRUNE_ONLY:
+            filled[key] = today.get(key)
     return filled == today and set(recorded) <= set(today)
 
 
@@ -521,10 +525,10 @@ def _former_section(former: list[dict], baselines: list[dict]) -> list[str]:
         return []
     return [
         "## Runs under former defaults", "",
-        "LR-LoRA runs recorded before pruning became the default (`rank_update='shared'`, "
-        "hardening at the end unless the name says otherwise; each name lists what it "
-        "changed from the defaults of its day, its result file holds every setting), "
-        "against today's baselines.", "",
+        "LR-LoRA runs recorded under other defaults than today's (before `prune_scaling` "
+        "existed, pruning kept the ceiling's scaling): each name lists what it changed from "
+        "the defaults of its day, and its result file holds every setting. Against today's "
+        "baselines.", "",
         *score_table(former), "",
         *target_rows(former + baselines), "",
         *seed_rows(former), "",

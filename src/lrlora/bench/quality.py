@@ -308,7 +308,8 @@ def write_result(path: Path, record: dict[str, Any], force: bool) -> None:
     if existing is not None:
         sizing = TaskSizing(**record["sizing"]) if "sizing" in record else None
         recorded = record.get("train_args")
-        method = settings(recorded, record["method"]) if recorded is not None else None
+        resolved = record.get("resolved")
+        method = settings(recorded, record["method"], resolved) if recorded is not None else None
         if is_stale(existing, sizing, method):
             keep_aside(path)
             existing = None

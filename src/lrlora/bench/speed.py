@@ -223,8 +223,8 @@ def _lrlora(model: nn.Module, args: SpeedArgs, targets: list[str], heads: list[s
     Every layer starts at rank R, so the allowance shrinks and the budget projection runs
     from the end of the warm-up on (and the hardened ranks differ by layer size). The soft
     rank update (``rank_update='shared'``): its step, with the rank update and projection
-    every step, is the most LR-LoRA's step costs. Pruning (the default) trains the same
-    forward at rank R until it prunes, once, and LoRA at the kept ranks after it."""
+    every step, is the most LR-LoRA's step costs. Pruning trains the same forward at rank R
+    until it prunes, once, and LoRA at the kept ranks after it."""
     budget = args.rank / 2
     config = LRLoRAConfig(
         rank_update="shared",

@@ -24,6 +24,10 @@ RebalanceMoments = Literal["reset", "rescale"]
 Projection = Literal["cost", "even"]
 PruneScaling = Literal["ceiling", "between"]
 
+PRUNE_ONLY = ("prune_scaling", "prune_stages")
+"""Settings that only ``rank_update='prune'`` reads: under another update they change
+nothing, so a record that differs only in them ran the same."""
+
 PRUNE_AT = 0.4
 """Where ``rank_update='prune'`` prunes by default, as a fraction of training: earlier, the
 components are measured before they have grown; later, less of the run is left to train

@@ -630,9 +630,9 @@ class RankController:
         """Refuse to prune (or to start a run that will) without a probe."""
         if self.probe is None:
             raise ValueError(
-                "rank_update='prune' measures the components on probe batches, "
-                "and this RankController has no probe: build it with probe=fn, fn(i) returning "
-                f"the training loss on a fixed batch i (i < {self.PROBE_BATCHES}), or train with "
+                "rank_update='prune' measures the components on probe batches, and this "
+                "RankController has no probe: build it with probe=fn, fn(i) returning the "
+                f"training loss on a fixed batch i (i < {self.PROBE_BATCHES}), or train with "
                 "lrlora.hf.LRLoRACallback, which builds one from the training data (or choose "
                 "rank_update='shared' in the config, which needs no probe)."
             )

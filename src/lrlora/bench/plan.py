@@ -27,7 +27,7 @@ from typing import Any
 
 from ..app.args import METHODS, TrainArgs
 from ..app.runs import SHAPES
-from ..config import PRUNE_AT
+from ..config import PRUNE_AT, PRUNE_ONLY
 from ..util import shape_mismatch
 from .suites import Matrix, TaskSizing, base_method, is_variant
 from .variants import split_method
@@ -122,10 +122,8 @@ def settings(
         found["harden_at"] = PRUNE_AT if found.get("rank_update") == "prune" else 1.0
     if found.get("precision") == "auto" and (resolved or {}).get("precision"):
         found["precision"] = resolved["precision"]
-    if found.get("rank_update") != "prune":  # settings only pruning reads
-        for key in ("prune_scaling", "prune_stages"):
-            if key in found:
-                found[key] = None
+    if found.get("rank_update") != "prune":
+        found.update({key: None for key in PRUNE_ONLY if key in found})
     return found
 
 

@@ -27,8 +27,9 @@ from ..app.models import minilm_path
 from ..app.plots import _figure, _save
 from ..app.tasks.data import resolve_data_dir
 from ..app.tasks.glue import parse_sst2
-from ..config import LRLoRAConfig
+from ..config import PRUNE_ONLY, LRLoRAConfig
 from ..util import shape_mismatch, versions, write_json_atomic, write_text_atomic
+from .plan import LEGACY_SETTINGS
 from .planted import (
     PATTERNS,
     RANK_METHODS,
@@ -191,22 +192,15 @@ def read_result(path: Path) -> dict[str, Any] | None:
     return data
 
 
-LEGACY_SETTINGS = {"prune_scaling": "ceiling"}
-PRUNE_ONLY = ("prune_scaling", "prune_stages")
-"""What an LR-LoRA result recorded before a setting existed ran at, where that differs from
-today's default (pruned runs kept the ceiling's scaling before ``prune_scaling``). Any other
-setting missing from a result counts as today's default."""
-
-
 def same_settings(recorded: dict[str, Any] | None, today: dict[str, Any] | None) -> bool:
     """``recorded`` (a result's LR-LoRA settings) are ``today``'s, a setting missing from it
-    counting as :data:`LEGACY_SETTINGS` or today's default."""
+    counting as its legacy value (:data:`lrlora.bench.plan.LEGACY_SETTINGS`) or today's
+    default, and settings only pruning reads ignored under another rank update."""
     if recorded is None or today is None:
         return recorded == today
     filled = {k: recorded.get(k, LEGACY_SETTINGS.get(k, v)) for k, v in today.items()}
-    if today.get("rank_update") != "prune":  # settings only pruning reads
-        for key in PRUNE_ONLY:
-            filled[key] = today.get(key)
+    if today.get("rank_update") != "prune":
+        filled.update({key: today.get(key) for key in PRUNE_ONLY})
     return filled == today and set(recorded) <= set(today)
 
 

@@ -346,6 +346,7 @@ ABLATION_VARIANTS = (
     "lr-lora+init_rank=8",
     "lr-lora+r_max=16",
     "lr-lora+rank_update=prune",
+    "lr-lora+rank_update=prune+prune_stages=2+harden_at=0.5",
     ATTENTION_ONLY_LORA,
 )
 """LR-LoRA with one setting changed each (see :mod:`lrlora.bench.variants`), in the order
@@ -358,7 +359,8 @@ allocation was nearly LoRA's uniform one. Results of variants made under a forme
 are kept in ``results/stale/``. Then pruning by measured value (``rank_update='prune'``:
 LoRA at the ceiling for 40% of the run, then the components worth most to the loss per
 parameter kept up to the budget, trained on at a faster scaling), the rank update that
-finds the planted ranks. Last, a fixed allocation of LoRA's
+finds the planted ranks, and its two-stage form with both cuts later, the closest to the
+planted ranks so far. Last, a fixed allocation of LoRA's
 (:data:`ATTENTION_ONLY_LORA`), to measure what reallocating the budget can gain at all."""
 
 

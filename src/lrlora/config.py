@@ -32,6 +32,13 @@ PRUNE_AT = 0.4
 """Where ``rank_update='prune'`` prunes by default, as a fraction of training: earlier, the
 components are measured before they have grown; later, less of the run is left to train
 the kept ones (docs/METHOD.md)."""
+
+
+def default_harden_at(rank_update: str) -> float:
+    """``harden_at`` when it is not given: where pruning prunes, else the end of training."""
+    return PRUNE_AT if rank_update == "prune" else 1.0
+
+
 RankSignal = Literal["gradient", "spectrum", "sensitivity"]
 
 
@@ -177,7 +184,7 @@ class LRLoRAConfig:
     def __post_init__(self) -> None:
         self._check_types()
         if self.harden_at is None:
-            self.harden_at = PRUNE_AT if self.rank_update == "prune" else 1.0
+            self.harden_at = default_harden_at(self.rank_update)
         self._check_targets()
         self._check_ranks()
         self._check_rank_update()

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..app.args import METHODS, TrainArgs
 from ..app.runs import SHAPES
-from ..config import PRUNE_AT, PRUNE_ONLY
+from ..config import PRUNE_ONLY, default_harden_at
 from ..util import shape_mismatch
 from .suites import Matrix, TaskSizing, base_method, is_variant
 from .variants import split_method
@@ -119,7 +119,7 @@ def settings(
     keys = SHARED_SETTINGS + METHOD_SETTINGS.get(base_method(method), ())
     found = {k: train_args.get(k, LEGACY_SETTINGS.get(k, defaults[k])) for k in keys}
     if "harden_at" in found and found["harden_at"] is None:  # the rank update's default
-        found["harden_at"] = PRUNE_AT if found.get("rank_update") == "prune" else 1.0
+        found["harden_at"] = default_harden_at(found.get("rank_update"))
     if found.get("precision") == "auto" and (resolved or {}).get("precision"):
         found["precision"] = resolved["precision"]
     if found.get("rank_update") != "prune":

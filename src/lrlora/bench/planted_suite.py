@@ -531,9 +531,9 @@ def _former_section(former: list[dict], baselines: list[dict]) -> list[str]:
 
 def write_report(results_dir: Path, docs_dir: Path, command: list[str]) -> Path:
     """docs/RESULTS-planted.md and one rank figure per pattern, from the result files."""
-    everything = load_results(results_dir)
-    results = [r for r in everything if recorded_as_named(r)]
-    former = [r for r in everything if not recorded_as_named(r)]
+    results, former = [], []
+    for result in load_results(results_dir):
+        (results if recorded_as_named(result) else former).append(result)
     baselines = [r for r in results if r["method"] in ("lora", "oracle")]
     lines = [
         "# The planted-rank proving ground",
